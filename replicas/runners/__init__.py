@@ -1,0 +1,1 @@
+"""Model runners: the seam between the engine and a device (simulated GPU or torch)."""

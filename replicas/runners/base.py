@@ -1,0 +1,68 @@
+"""The `ModelRunner` seam: the engine hands a runner one scheduled step and gets sampled tokens back.
+
+The same scheduler and block pool drive every runner. A runner owns the device (or its simulation) and the
+KV memory; the engine owns which blocks each request uses (``Request.block_ids``) and all stop logic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from replicas.engine.request import Request
+
+
+@dataclass
+class ScheduledChunk:
+    """One request's share of a step.
+
+    The runner computes ``request.all_token_ids[start:start + num_new_tokens]`` with
+    ``start = request.num_computed_tokens`` (the engine advances ``num_computed_tokens`` after the step).
+    ``sample`` is True when the chunk reaches the request's last known token, so a new token is sampled;
+    a partial prefill chunk does not sample.
+    """
+
+    request: Request
+    num_new_tokens: int
+    sample: bool
+
+
+@dataclass
+class StepBatch:
+    chunks: list[ScheduledChunk]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_new_tokens for c in self.chunks)
+
+    @property
+    def num_sampling(self) -> int:
+        return sum(1 for c in self.chunks if c.sample)
+
+
+class ModelRunner(ABC):
+    """Contract:
+
+    - ``kv_capacity_blocks(block_size)`` is called once at start; the engine's block pool has that many blocks
+      and never hands out an index outside ``[0, capacity)``.
+    - ``execute(batch)`` runs one step and returns, per chunk in order, the sampled token id (or None where
+      ``chunk.sample`` is False). It must not block the event loop (run device work in a worker thread, or
+      sleep asynchronously); the engine calls it with one batch at a time.
+    - ``release(request_id)`` drops any per-request state (seeded RNGs, detokenizer state) once the request
+      has finished or was aborted; preemption does not call it.
+    """
+
+    name: str = "base"
+
+    @abstractmethod
+    def kv_capacity_blocks(self, block_size: int) -> int: ...
+
+    @abstractmethod
+    async def execute(self, batch: StepBatch) -> list[int | None]: ...
+
+    def release(self, request_id: str) -> None:  # noqa: B027 - optional hook
+        """Forget per-request state; default: nothing to forget."""
+
+    def describe(self) -> dict[str, object]:
+        """What the runner reports about itself (kernel, dtype, device, profile) for /health and logs."""
+        return {"runner": self.name}
