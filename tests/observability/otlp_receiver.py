@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,12 +67,17 @@ def decode(body: bytes) -> list[ReceivedSpan]:
 
 
 class OTLPReceiver:
+    """Serves ``POST /v1/traces`` from its own thread and event loop, so tests and blocking helpers (process
+    start-up waits, the sync OpenAI client) never stall the exports they wait for."""
+
     def __init__(self) -> None:
         self.port = free_port()
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
-        self._changed = asyncio.Condition()
+        self._changed = threading.Condition()
+        self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="otlp-receiver", daemon=True)
 
     @property
     def endpoint(self) -> str:
@@ -88,25 +94,32 @@ class OTLPReceiver:
         if request.content_type != "application/x-protobuf":
             return web.Response(status=415, text="expected application/x-protobuf")
         spans = decode(body)
-        async with self._changed:
+        with self._changed:
             self.requests += 1
             self.spans.extend(spans)
             self._changed.notify_all()
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
 
-    async def start(self) -> OTLPReceiver:
+    async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> OTLPReceiver:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
         return self
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
         if self._runner is not None:
-            await self._runner.cleanup()
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
 
-    async def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 60.0) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.spans)), timeout)
+    def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 60.0) -> bool:
+        """Block until ``predicate(spans)`` holds (True) or ``timeout`` passes (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.spans), timeout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -48,13 +47,13 @@ print("ok")
 
 
 @pytest.fixture
-async def receiver():
-    r = await OTLPReceiver().start()
+def receiver():
+    r = OTLPReceiver().start()
     yield r
-    await r.stop()
+    r.stop()
 
 
-async def test_spans_cross_a_traceparent_and_export_over_otlp_http(receiver: OTLPReceiver,
+def test_spans_cross_a_traceparent_and_export_over_otlp_http(receiver: OTLPReceiver,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
@@ -80,9 +79,9 @@ async def test_spans_cross_a_traceparent_and_export_over_otlp_http(receiver: OTL
         with pytest.raises(ValueError):
             with tracing.span("failing"):
                 raise ValueError("boom")
-        await receiver.wait_for(lambda spans: len(spans) >= 7)
+        assert receiver.wait_for(lambda spans: len(spans) >= 7), receiver.spans
     finally:
-        await asyncio.to_thread(tracing.shutdown)
+        tracing.shutdown()
     assert not tracing.enabled()
     by_name = {s.name: s for s in receiver.spans}
     assert set(by_name) == {"gateway.request", "gateway.upstream", "replica.request", "queue", "prefill", "decode",
