@@ -1,0 +1,331 @@
+"""The upstream call: pick replicas in ranked order, dispatch, relay the answer, retry what can be retried.
+
+Contract:
+- The client's body bytes go upstream untouched; only a small allow-list of headers is forwarded (never the
+  client's ``Authorization``, never hop-by-hop headers).
+- Retries (on another replica, after a jittered exponential backoff, at most ``max_attempts`` dispatches within
+  ``retry_deadline``): refused or failed connections, upstream 500/502/503/504, an upstream that dies before its
+  first body byte, and (non-streaming) one that dies before its full answer, since nothing reached the client yet.
+  Never after bytes reached the client: a stream that breaks later ends with an SSE error event and ``[DONE]``
+  (DESIGN.md 6) through ``stream_failed``, the seam for mid-stream continuation.
+- Accounting (``Ticket``) and the policy hooks run exactly once per dispatch, whatever ends it (success, upstream
+  error, client disconnect: the handler is cancelled and the upstream connection is closed, which aborts the
+  request on the replica).
+- Passive outlier detection: a refused connection trips the replica's breaker at once, other failures count toward
+  its threshold, a success resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from foresight.errors import APIError, sse_error_event
+from gateway.accounting import Ticket
+from gateway.estimator import OutputEstimator
+from gateway.metrics import GatewayMetrics
+from gateway.registry import Registry, Replica
+from gateway.routing.base import Decision, Outcome, ReplicaView, RequestView, RoutingPolicy
+from gateway.sticky import StickyRing
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id", "X-Sim-Output-Tokens", "X-Session-Id", "traceparent",
+                   "tracestate")
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+class Retryable(Exception):
+    """The dispatch failed before any byte reached the client; another replica may be tried."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(slots=True)
+class ProxyConfig:
+    max_attempts: int = 3
+    retry_deadline: float = 30.0
+    backoff_base: float = 0.01
+    backoff_max: float = 0.5
+    connect_timeout: float = 2.0
+    read_timeout: float = 600.0
+    per_replica_limit: int = 256
+    policy_name: str = "round_robin"
+    upstream_api_key: str | None = None
+
+
+def usage_from_sse_tail(tail: bytes) -> dict | None:
+    """The ``usage`` object of the last SSE event that has one (the final chunk with include_usage)."""
+    idx = tail.rfind(b'"usage"')
+    if idx < 0:
+        return None
+    start = tail.rfind(b"data:", 0, idx)
+    end = tail.find(b"\n", idx)
+    try:
+        obj = orjson.loads(tail[start + 5: end if end >= 0 else None])
+    except orjson.JSONDecodeError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+class Proxy:
+    def __init__(self, registry: Registry, policy: RoutingPolicy, session: aiohttp.ClientSession,
+                 metrics: GatewayMetrics, estimator: OutputEstimator, config: ProxyConfig,
+                 sticky: StickyRing | None = None, on_slot_free: Callable[[], None] | None = None) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.session = session
+        self.metrics = metrics
+        self.estimator = estimator
+        self.cfg = config
+        self.sticky = sticky or StickyRing()
+        self.on_slot_free = on_slot_free
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
+                                             sock_read=config.read_timeout)
+
+    # -- candidates and ranking
+    def candidates(self, model: str) -> list[ReplicaView]:
+        limit = self.cfg.per_replica_limit
+        return [r.view for r in self.registry.replicas.values()
+                if r.local.requests < limit and self.registry.serves(r, model) and r.routable()]
+
+    def has_capacity(self, model: str) -> bool:
+        limit = self.cfg.per_replica_limit
+        return any(r.local.requests < limit and self.registry.serves(r, model) and r.routable()
+                   for r in self.registry.replicas.values())
+
+    def any_routable(self, model: str) -> bool:
+        return any(self.registry.serves(r, model) and r.routable() for r in self.registry.replicas.values())
+
+    def rank(self, rv: RequestView) -> Decision:
+        candidates = self.candidates(rv.model)
+        if not candidates:
+            raise APIError(503, f"no healthy replica can take a request for model '{rv.model}' now",
+                           code="no_healthy_replica", retry_after=1)
+        decision = self.policy.rank(rv, candidates)
+        if rv.session_id:
+            pinned = self.sticky.pick(rv.session_id, candidates, list(self.registry.replicas))
+            if pinned is not None and decision.ranked and decision.ranked[0] != pinned:
+                decision.ranked = [pinned, *(r for r in decision.ranked if r != pinned)]
+                decision.reason = f"sticky({decision.reason})"
+        return decision
+
+    # -- dispatch with retries
+    async def forward(self, request: web.Request, rv: RequestView, raw: bytes, stream: bool,
+                      debug: bool = False) -> web.StreamResponse:
+        t0 = time.monotonic()
+        decision = self.rank(rv)
+        deadline = t0 + self.cfg.retry_deadline
+        attempts = 0
+        last: Retryable | None = None
+        for rid in decision.ranked:
+            if attempts >= self.cfg.max_attempts or time.monotonic() >= deadline:
+                break
+            replica = self.registry.get(rid)
+            if replica is None or replica.view.draining or not replica.breaker.acquire():
+                continue
+            if attempts:
+                delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempts - 1))
+                await asyncio.sleep(random.uniform(0, delay) + delay / 2)
+                self.metrics.retries.labels(last.reason.split(":")[0] if last else "unknown").inc()
+            attempts += 1
+            self.metrics.decisions.labels(self.cfg.policy_name, rid).inc()
+            try:
+                resp = await self._dispatch(request, rv, raw, stream, replica, decision if debug else None, t0)
+            except Retryable as e:
+                log.info("request %s: replica %s failed before first byte (%s)", rv.request_id, rid, e.reason)
+                last = e
+                continue
+            return resp
+        if last is None:
+            raise APIError(503, "no replica accepted the request", code="no_healthy_replica", retry_after=1)
+        if time.monotonic() >= deadline:
+            raise APIError(504, f"upstream did not answer within {self.cfg.retry_deadline:g}s "
+                                f"({attempts} attempts; last: {last.reason})", code="upstream_timeout")
+        raise APIError(502, f"upstream failed after {attempts} attempts (last: {last.reason})",
+                       code="upstream_error")
+
+    def _headers(self, request: web.Request) -> dict[str, str]:
+        h = request.headers
+        out = {k: h[k] for k in FORWARD_HEADERS if k in h}
+        if self.cfg.upstream_api_key:
+            out["Authorization"] = "Bearer " + self.cfg.upstream_api_key
+        return out
+
+    async def _dispatch(self, request: web.Request, rv: RequestView, raw: bytes, stream: bool, replica: Replica,
+                        decision: Decision | None, t0: float) -> web.StreamResponse:
+        prefill = float(rv.scratch.get("uncached_prompt_tokens", rv.prompt_tokens))
+        ticket = Ticket(replica.local, prefill, rv.output_p50, self.on_slot_free)
+        gauge = self.metrics.inflight.labels(replica.id)
+        gauge.set(replica.local.requests)
+        self.policy.on_dispatch(rv, replica.id)
+        outcome = Outcome(ok=False)
+        try:
+            extra = {"X-Foresight-Replica": replica.id}
+            if decision is not None:
+                extra["X-Foresight-Route"] = decision.header()
+            if stream:
+                return await self._stream(request, rv, raw, replica, ticket, outcome, extra, t0)
+            return await self._unary(request, rv, raw, replica, ticket, outcome, extra, t0)
+        except asyncio.CancelledError:
+            outcome.error = "client_disconnect"
+            raise
+        finally:
+            ticket.release()
+            gauge.set(replica.local.requests)
+            self.policy.on_complete(rv, replica.id, outcome)
+            if outcome.ok and outcome.output_tokens is not None:
+                self.estimator.observe(rv.model, rv.body, rv.prompt_text, rv.prompt_tokens, outcome.output_tokens)
+
+    def _failed(self, replica: Replica, e: BaseException, outcome: Outcome) -> Retryable:
+        if isinstance(e, aiohttp.ClientConnectorError):
+            replica.breaker.trip()  # nothing listens there: eject now, the prober re-admits it
+            reason = "connect"
+        else:
+            replica.breaker.record_failure()
+            reason = "timeout" if isinstance(e, TimeoutError) else "upstream_disconnect"
+        outcome.error = f"{reason}: {type(e).__name__}"
+        return Retryable(f"{reason}: {type(e).__name__}: {e}")
+
+    async def _unary(self, request: web.Request, rv: RequestView, raw: bytes, replica: Replica, ticket: Ticket,
+                     outcome: Outcome, extra: dict[str, str], t0: float) -> web.Response:
+        try:
+            async with self.session.post(replica.url + PATHS[rv.route], data=raw, headers=self._headers(request),
+                                         timeout=self.timeout) as up:
+                if up.status in RETRY_STATUSES:
+                    await up.read()
+                    replica.breaker.record_failure()
+                    outcome.status, outcome.error = up.status, f"upstream {up.status}"
+                    raise Retryable(f"status: upstream answered {up.status}", up.status)
+                data = await up.read()
+                content_type = up.headers.get("Content-Type", "application/json")
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise self._failed(replica, e, outcome) from e
+        ticket.first_token()
+        self.policy.on_first_token(rv, replica.id)
+        replica.breaker.record_success()
+        elapsed = time.monotonic() - t0
+        self.metrics.ttft.labels(rv.route).observe(elapsed)
+        self.metrics.e2e.labels(rv.route).observe(elapsed)
+        outcome.ok, outcome.status, outcome.first_token = up.status == 200, up.status, True
+        if up.status == 200 and b'"usage"' in data:
+            try:
+                usage = orjson.loads(data).get("usage")
+            except (orjson.JSONDecodeError, AttributeError):
+                usage = None
+            self._usage(rv, usage, outcome)
+        self.metrics.count_request(rv.route, up.status, replica.id)
+        return web.Response(status=up.status, body=data, headers={"Content-Type": content_type, **extra})
+
+    def _usage(self, rv: RequestView, usage: object, outcome: Outcome) -> None:
+        if not isinstance(usage, dict):
+            return
+        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(pt, int):
+            outcome.prompt_tokens = pt
+            self.metrics.tokens_in.labels(rv.model).inc(pt)
+        if isinstance(ct, int):
+            outcome.output_tokens = ct
+            self.metrics.tokens_out.labels(rv.model).inc(ct)
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            outcome.cached_tokens = details["cached_tokens"]
+
+    async def _stream(self, request: web.Request, rv: RequestView, raw: bytes, replica: Replica, ticket: Ticket,
+                      outcome: Outcome, extra: dict[str, str], t0: float) -> web.StreamResponse:
+        up: aiohttp.ClientResponse | None = None
+        clean = False
+        try:
+            try:
+                up = await self.session.post(replica.url + PATHS[rv.route], data=raw,
+                                             headers=self._headers(request), timeout=self.timeout)
+                if up.status in RETRY_STATUSES:
+                    replica.breaker.record_failure()
+                    outcome.status, outcome.error = up.status, f"upstream {up.status}"
+                    raise Retryable(f"status: upstream answered {up.status}", up.status)
+                if up.status != 200:  # a client error from the replica: pass it through as is
+                    data = await up.read()
+                    clean = True
+                    outcome.status = up.status
+                    self.metrics.count_request(rv.route, up.status, replica.id)
+                    return web.Response(status=up.status, body=data, headers={
+                        "Content-Type": up.headers.get("Content-Type", "application/json"), **extra})
+                first = await up.content.readany()
+                if not first:
+                    replica.breaker.record_failure()
+                    raise Retryable("upstream_disconnect: stream ended before its first byte")
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise self._failed(replica, e, outcome) from e
+            now = time.monotonic()
+            ticket.first_token()
+            self.policy.on_first_token(rv, replica.id)
+            replica.breaker.record_success()
+            outcome.first_token = True
+            self.metrics.ttft.labels(rv.route).observe(now - t0)
+            resp = web.StreamResponse(status=200, headers={
+                "Content-Type": up.headers.get("Content-Type", "text/event-stream"), "Cache-Control": "no-cache",
+                **extra})
+            await resp.prepare(request)
+            await resp.write(first)
+            tail = first[-8192:]
+            itl = self.metrics.itl.labels(rv.route)
+            broken: BaseException | None = None
+            while True:
+                try:
+                    chunk = await up.content.readany()
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                    broken = e
+                    break
+                if not chunk:
+                    break
+                t = time.monotonic()
+                itl.observe(t - now)
+                now = t
+                await resp.write(chunk)  # waits while the client's socket buffer is full (backpressure)
+                tail = (tail + chunk)[-8192:]
+            if broken is not None or b"[DONE]" not in tail:
+                await self.stream_failed(rv, replica, resp, broken, outcome)
+            else:
+                clean = True
+                outcome.ok, outcome.status = True, 200
+                self._usage(rv, usage_from_sse_tail(tail), outcome)
+            self.metrics.e2e.labels(rv.route).observe(time.monotonic() - t0)
+            self.metrics.count_request(rv.route, 200, replica.id)
+            await resp.write_eof()
+            return resp
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            outcome.error = "client_disconnect"
+            raise
+        finally:
+            if up is not None:
+                if clean:
+                    up.release()  # fully read: the connection goes back to the keep-alive pool
+                else:
+                    up.close()  # abort: the replica sees the disconnect and frees the request
+
+    async def stream_failed(self, rv: RequestView, replica: Replica, resp: web.StreamResponse,
+                            error: BaseException | None, outcome: Outcome) -> None:
+        """A stream broke after bytes reached the client: end it with an error event and ``[DONE]``.
+
+        This is the seam for mid-stream continuation (re-sending the prompt plus the text so far elsewhere).
+        """
+        replica.breaker.record_failure()
+        self.metrics.stream_errors.inc()
+        why = f"{type(error).__name__}" if error is not None else "stream ended without [DONE]"
+        outcome.error = f"mid_stream: {why}"
+        log.warning("request %s: replica %s failed mid-stream (%s)", rv.request_id, replica.id, why)
+        await resp.write(sse_error_event(APIError(502, f"the upstream replica failed mid-stream ({why})",
+                                                  code="upstream_stream_error")))
