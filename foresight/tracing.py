@@ -155,6 +155,21 @@ def enabled() -> bool:
     return _tracer is not None
 
 
+def flush(timeout_ms: int = 5000) -> None:
+    """Export what is buffered now (blocking; call it from a worker thread on an event loop)."""
+    if _provider is not None:
+        _provider.force_flush(timeout_ms)
+
+
+def current_span() -> Any:
+    """The current span (e.g. the upstream attempt around a dispatch), or the no-op span while off."""
+    if _tracer is None:
+        return NOOP_SPAN
+    from opentelemetry import trace
+
+    return _SpanHandle(trace.get_current_span())
+
+
 def span(name: str, *, kind: str = "internal", parent: Any = None, attributes: Mapping[str, Any] | None = None):
     """A context manager around a new current span (a child of ``parent`` or of the current span).
 
