@@ -8,13 +8,15 @@
   without passing it around; outside a traced request it is the no-op span.
 - The gateway helpers (``on_decision``, ``attempt_span``, ``on_routed``, ``on_outcome``) read the gateway's own
   objects by attribute (RequestView, Decision, Outcome, Replica) so this module imports nothing of the gateway.
-  ``replica_phases`` emits the replica's queueing / prefill / decode spans from engine timestamps.
+  ``watch_engine`` + ``bind_engine_request`` emit the replica's queueing / prefill / decode spans from the
+  engine's own timestamps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,18 +144,68 @@ def on_outcome(outcome: Any) -> None:
 # -- replica
 
 
-def replica_phases(*, arrival: float, scheduled: float | None, first_token: float | None, finished: float,
-                   attributes: Mapping[str, Any] | None = None) -> None:
-    """Queueing (arrival to first schedule), prefill (to the first token) and decode (to the end) as children of
-    the current span, from ``time.monotonic()`` stamps; a phase that never started is left out."""
-    if not tracing.enabled():
-        return
-    phases = []
-    start = scheduled if scheduled is not None else first_token
-    if start is not None:
-        phases.append(("queue", arrival, start))
-    if scheduled is not None and first_token is not None:
-        phases.append(("prefill", scheduled, first_token))
+class EnginePhases:
+    """An engine listener (``replicas.engine.engine.EngineListener``) that emits each request's ``queue``,
+    ``prefill`` and ``decode`` spans when it finishes, under the request span that ``bind`` captured.
+
+    The engine loop serves every request at once, so it cannot hold per-request spans open; it only stamps times:
+    arrival (``Request.arrival_time``), first admission (``on_admit``), first token (``Request.first_token_time``)
+    and finish (``on_finish``). Registered only while tracing is on; unbound requests cost one dict operation.
+    """
+
+    def __init__(self) -> None:
+        self._parents: dict[str, Any] = {}
+        self._admitted: dict[str, float] = {}
+
+    def bind(self, request_id: str) -> None:
+        from opentelemetry import context
+
+        self._parents[request_id] = context.get_current()
+
+    def on_step(self, stats: Any) -> None:
+        return None
+
+    def on_admit(self, req: Any, cached_tokens: int) -> None:
+        if req.request_id in self._parents:
+            self._admitted.setdefault(req.request_id, time.monotonic())  # preemption re-admits: keep the first
+
+    def on_finish(self, req: Any) -> None:
+        parent = self._parents.pop(req.request_id, None)
+        admitted = self._admitted.pop(req.request_id, None)
+        if parent is None:
+            return
+        now = time.monotonic()
+        attrs = {tracing.GEN_AI_INPUT_TOKENS: req.num_prompt_tokens, tracing.GEN_AI_OUTPUT_TOKENS: req.num_output_tokens,
+                 tracing.CACHED_TOKENS: req.num_cached_tokens, "foresight.finish_reason": req.finish_reason}
+        tracing.record_phases(parent, phases(req.arrival_time, admitted, req.first_token_time, now), attrs)
+
+
+def phases(arrival: float, admitted: float | None, first_token: float | None,
+           finished: float) -> list[tuple[str, float, float]]:
+    """Queueing (arrival to first admission), prefill (to the first token), decode (to the finish); a phase that
+    never started is left out."""
+    out = []
+    if admitted is not None:
+        out.append(("queue", arrival, admitted))
+        if first_token is not None:
+            out.append(("prefill", admitted, first_token))
     if first_token is not None:
-        phases.append(("decode", first_token, finished))
-    tracing.record_phases(None, phases, attributes)
+        out.append(("decode", first_token, finished))
+    return out
+
+
+_engine_phases: EnginePhases | None = None
+
+
+def watch_engine(engine: Any) -> None:
+    """Trace the engine's requests (call once at replica start; nothing happens while tracing is off)."""
+    global _engine_phases
+    if tracing.enabled():
+        _engine_phases = EnginePhases()
+        engine.listeners.append(_engine_phases)
+
+
+def bind_engine_request(request_id: str) -> None:
+    """Call in the request handler, right after adding the request to the engine."""
+    if _engine_phases is not None:
+        _engine_phases.bind(request_id)

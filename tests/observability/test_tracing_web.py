@@ -3,6 +3,7 @@ gateway's own RequestView/Decision/Outcome objects, exported over OTLP/HTTP to a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from foresight import tracing, tracing_web
 from gateway.routing.base import Decision, Outcome, RequestView
+from replicas.engine.request import Request, SamplingParams
 from tests.observability.otlp_receiver import OTLPReceiver
 
 
@@ -48,15 +50,27 @@ async def test_gateway_and_replica_hooks_make_one_trace(receiver: OTLPReceiver) 
     class Rep:
         id, url = "r1", "http://127.0.0.1:1"
 
+    class Engine:  # the listener seam of replicas.engine.engine.Engine
+        listeners: list = []
+
     async def upstream(request: web.Request) -> web.Response:
-        now = time.monotonic()
-        tracing_web.replica_phases(arrival=now - 0.3, scheduled=now - 0.2, first_token=now - 0.1, finished=now,
-                                   attributes={tracing.REPLICA_ID: "r1"})
+        req = Request("e1", [1, 2, 3], SamplingParams(), arrival_time=time.monotonic() - 0.2)
+        tracing_web.bind_engine_request("e1")
+        listener.on_admit(req, 0)
+        await asyncio.sleep(0.05)
+        req.output_token_ids.append(7)
+        req.first_token_time = time.monotonic()
+        await asyncio.sleep(0.05)
+        req.finish_reason = "stop"
+        listener.on_finish(req)
+        listener.on_finish(Request("unbound", [1], SamplingParams()))  # not bound: no spans
         return web.json_response({"traceparent": request.headers.get("traceparent")})
 
     up_app = web.Application()
     up_app.router.add_post("/v1/chat/completions", upstream)
     assert tracing_web.install(up_app, "unit")
+    tracing_web.watch_engine(Engine)
+    [listener] = Engine.listeners
     up = TestServer(up_app)
     await up.start_server()
 
@@ -114,5 +128,18 @@ async def test_gateway_and_replica_hooks_make_one_trace(receiver: OTLPReceiver) 
     assert att.kind == "client" and att.attributes["http.response.status_code"] == 200
     for phase in ("queue", "prefill", "decode"):
         assert spans[phase].parent_span_id == rep.span_id and spans[phase].trace_id == req.trace_id
+        assert spans[phase].attributes["gen_ai.usage.output_tokens"] == 1
+    q, p, d = spans["queue"], spans["prefill"], spans["decode"]
+    assert q.end_ns - q.start_ns > 0.15e9 and q.end_ns <= p.start_ns + 1000 and p.end_ns <= d.start_ns + 1000
+    assert 0.03e9 < p.end_ns - p.start_ns and 0.03e9 < d.end_ns - d.start_ns
     bad_span = spans["POST /v1/bad"]
     assert bad_span.attributes["foresight.outcome"] == "client_error" and bad_span.status_code == 2
+
+
+@pytest.mark.parametrize("admitted,first,expected", [
+    (1.0, 2.0, ["queue", "prefill", "decode"]),
+    (1.0, None, ["queue"]),  # aborted before its first token
+    (None, None, []),  # never admitted
+])
+def test_phases_leave_out_what_never_started(admitted, first, expected) -> None:
+    assert [p[0] for p in tracing_web.phases(0.0, admitted, first, 3.0)] == expected
