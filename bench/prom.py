@@ -1,0 +1,58 @@
+"""Reading replicas' Prometheus ``/metrics`` for benchmarks: counter snapshots and the prefix-cache hit rate.
+
+The hit rate over a replay is the ratio of two counter deltas summed over replicas: prompt tokens served from the
+prefix cache over prompt tokens looked up. Counters are matched by name (``foresight_replica_prefix_cache_hit_*``
+over ``foresight_replica_prefix_cache_query_*`` style names) so a renamed counter fails loudly (None) rather
+than silently reading something else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def counters(text: str) -> dict[str, float]:
+    """Every ``*_total`` sample of a Prometheus text page, summed over label sets."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    return out
+
+
+async def scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    async with session.get(base + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        return counters(await resp.text())
+
+
+async def scrape_all(urls: Sequence[str]) -> dict[str, dict[str, float]]:
+    async with aiohttp.ClientSession() as session:
+        pages = await asyncio.gather(*(scrape(session, u) for u in urls), return_exceptions=True)
+    return {u: p for u, p in zip(urls, pages, strict=True) if isinstance(p, dict)}
+
+
+def _pick(names: Sequence[str], *needles: str) -> str | None:
+    for name in sorted(names):
+        if "prefix" in name and all(n in name for n in needles):
+            return name
+    return None
+
+
+def prefix_hit_rate(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]],
+                    ) -> float | None:
+    """Cached / queried prompt tokens over the interval, all replicas together; None without such counters."""
+    hits = queries = 0.0
+    for url, page in after.items():
+        hit_name = _pick(list(page), "hit")
+        query_name = _pick(list(page), "quer") or _pick(list(page), "lookup")
+        if hit_name is None or query_name is None:
+            continue
+        prev = before.get(url, {})
+        hits += page[hit_name] - prev.get(hit_name, 0.0)
+        queries += page[query_name] - prev.get(query_name, 0.0)
+    return hits / queries if queries > 0 else None

@@ -1,0 +1,113 @@
+"""``foresight`` on crafted cost situations: cache affinity, queueing, KV pressure, rates, near-tie randomisation."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gateway.routing.base import InflightCounts, Outcome, PolicyContext, ReplicaView, RequestView, create_policy
+
+SYSTEM = "".join(f"You are a careful assistant, rule {i:03d}. " for i in range(200))  # ~8k chars, ~2k tokens
+
+
+def req(text: str, p90: float = 200.0) -> RequestView:
+    return RequestView("q", "m", "completions", text, {}, None, len(text) // 4, p90 / 2, p90)
+
+
+def report(**kw: float) -> dict:
+    base = {"block_size": 16, "kv_blocks_total": 10000, "kv_blocks_used": 0, "waiting_prompt_tokens": 0,
+            "prefill_tokens_per_s": 10000.0, "decode_step_ms": 20.0, "num_running": 0, "num_waiting": 0}
+    return {**base, **kw}
+
+
+def views(n: int, **kw: float) -> list[ReplicaView]:
+    return [ReplicaView(f"r{i}", f"http://r{i}", ("m",), load=report(**kw)) for i in range(n)]
+
+
+def policy(**opts: str):
+    return create_policy("foresight", PolicyContext("g", options={"seed": "1", **opts}))
+
+
+def warm(p, text: str, replicas: list[ReplicaView], target: str) -> None:
+    r = req(text)
+    p.rank(r, replicas)
+    p.on_dispatch(r, target)
+    p.on_complete(r, target, Outcome(ok=True, prompt_tokens=r.prompt_tokens))
+
+
+def test_prefers_the_replica_holding_the_prefix_and_explains_why() -> None:
+    p = policy()
+    replicas = views(4)
+    warm(p, SYSTEM + "first question", replicas, "r2")
+    d = p.rank(req(SYSTEM + "second question"), replicas)
+    assert d.ranked[0] == "r2"
+    terms = d.explanation["r2"]
+    assert set(terms) >= {"queue_s", "prefill_s", "kv_s", "match", "ttft_s"}
+    assert terms["prefill_s"] < 0.1 * d.explanation["r0"]["prefill_s"]
+    assert "r2(" in d.header()
+
+
+def test_leaves_the_cached_replica_when_its_queue_costs_more_than_the_prefill() -> None:
+    p = policy()
+    replicas = views(2)
+    warm(p, SYSTEM + "q1", replicas, "r0")
+    # r0 holds the prefix (saves ~0.2 s of prefill) but has 30k prompt tokens queued (3 s at 10k tok/s).
+    replicas[0].load = report(waiting_prompt_tokens=30000)
+    d = p.rank(req(SYSTEM + "q2"), replicas)
+    assert d.ranked[0] == "r1"
+    assert d.explanation["r0"]["queue_s"] > 2.5
+
+
+def test_counts_the_gateways_own_dispatches_when_reports_lag() -> None:
+    p = policy()
+    replicas = views(2)
+    replicas[0].local = InflightCounts(3, prefill_tokens=40000.0, decode_tokens=600.0)  # not yet in its report
+    assert p.rank(req("fresh prompt " * 400), replicas).ranked[0] == "r1"
+    replicas[0].local = InflightCounts()
+    replicas[1].remote = InflightCounts(3, prefill_tokens=40000.0, decode_tokens=600.0)  # another gateway's
+    assert p.rank(req("fresh prompt " * 400), replicas).ranked[0] == "r0"
+
+
+def test_kv_pressure_penalty_uses_predicted_output_lengths() -> None:
+    p = policy()
+    replicas = views(2)
+    # r0: KV nearly full of requests predicted to decode for long; r1: more queued prefill but free KV.
+    replicas[0].load = report(kv_blocks_used=9900)
+    replicas[0].local = InflightCounts(8, 0.0, decode_tokens=8 * 2000.0)
+    replicas[1].load = report(waiting_prompt_tokens=4000)
+    d = p.rank(req("x " * 4000, p90=500), replicas)
+    assert d.explanation["r0"]["kv_s"] > 1.0 and d.ranked[0] == "r1"
+    # Without the output estimate and with short predicted decodes the pressure is small and r0 wins again.
+    replicas[0].local = InflightCounts(8, 0.0, decode_tokens=8 * 10.0)
+    d2 = policy(use_output_estimate="0").rank(req("x " * 4000, p90=500), replicas)
+    assert d2.explanation["r0"]["kv_s"] < d.explanation["r0"]["kv_s"] and d2.ranked[0] == "r0"
+
+
+def test_learns_rates_from_load_reports() -> None:
+    p = policy()
+    replicas = views(2)
+    replicas[0].load = report(prefill_tokens_per_s=2000.0)  # a slow replica (e.g. a smaller GPU)
+    for _ in range(30):
+        d = p.rank(req("some prompt " * 300), replicas)
+    assert d.ranked[0] == "r1"
+    assert p.rates["r0"].prefill_tps < 2500 and p.rates["r1"].prefill_tps > 9000
+
+
+def test_near_ties_are_randomised_and_clear_winners_are_not() -> None:
+    p = policy()
+    replicas = views(4)
+    firsts = Counter(p.rank(req("same cost everywhere " * 50), replicas).ranked[0] for _ in range(200))
+    assert len(firsts) == 4 and min(firsts.values()) > 20
+    replicas[3].load = report(waiting_prompt_tokens=50000)
+    ranked = p.rank(req("same cost everywhere " * 50), replicas).ranked
+    assert ranked[-1] == "r3" and sorted(ranked) == ["r0", "r1", "r2", "r3"]
+
+
+def test_sets_the_uncached_prompt_tokens_for_accounting_and_learns_the_token_factor() -> None:
+    p = policy()
+    replicas = views(2)
+    r = req("word " * 800)
+    p.rank(r, replicas)
+    assert abs(r.scratch["uncached_prompt_tokens"] - r.prompt_tokens) < 1
+    for _ in range(100):  # the replicas report half as many prompt tokens as the chars/4 estimate
+        p.on_complete(r, "r0", Outcome(ok=True, prompt_tokens=r.prompt_tokens // 2))
+    assert 0.45 < p.token_factor < 0.6
