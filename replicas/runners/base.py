@@ -63,6 +63,9 @@ class ModelRunner(ABC):
     def release(self, request_id: str) -> None:  # noqa: B027 - optional hook
         """Forget per-request state; default: nothing to forget."""
 
+    def on_idle(self) -> None:  # noqa: B027 - optional hook
+        """The engine ran out of work (nothing waiting or running); a simulated clock resets here."""
+
     def describe(self) -> dict[str, object]:
         """What the runner reports about itself (kernel, dtype, device, profile) for /health and logs."""
         return {"runner": self.name}

@@ -1,0 +1,132 @@
+"""The scheduler: one rule, as vLLM's, under one token budget per step.
+
+Running requests first (oldest first), then waiting ones (FIFO): each scheduled request advances its computed
+tokens toward its total (``Request.num_tokens``), which covers chunked prefill (a prompt larger than the
+remaining budget gets a chunk of it), decode (one token) and prefix hits (a newly admitted request starts
+from its cached prefix) alike. When the pool runs out of blocks for a running request, the newest running
+request is preempted: its blocks are freed (their content stays cached until evicted) and it goes back to
+the head of the waiting queue, to be recomputed later. No request is admitted in a step that preempted.
+
+Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``max_waiting`` and
+``max_model_len`` are enforced on admission by the engine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from replicas.engine.block_pool import BlockPool, cdiv
+from replicas.engine.request import Request, RequestStatus
+from replicas.runners.base import ScheduledChunk, StepBatch
+
+
+@dataclass
+class SchedulerOutput:
+    batch: StepBatch
+    preempted: list[Request] = field(default_factory=list)
+    # Requests that cannot fit even alone in the whole pool: the engine finishes them ("length").
+    unfittable: list[Request] = field(default_factory=list)
+    # Requests admitted for the first time this step, with their prefix-cache hit in tokens.
+    admitted: list[tuple[Request, int]] = field(default_factory=list)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(c.num_new_tokens for c in self.batch.chunks if not _is_decode(c))
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return sum(c.num_new_tokens for c in self.batch.chunks if _is_decode(c))
+
+
+def _is_decode(c: ScheduledChunk) -> bool:
+    return c.request.num_output_tokens > 0 and c.num_new_tokens == 1 and c.sample
+
+
+class Scheduler:
+    def __init__(self, pool: BlockPool, max_num_seqs: int = 256, max_batched_tokens: int = 8192) -> None:
+        self.pool = pool
+        self.max_num_seqs = max_num_seqs
+        self.max_batched_tokens = max_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, req: Request) -> None:
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
+
+    def remove(self, req: Request) -> None:
+        """Take a request out of the queues and release its blocks (finish or abort)."""
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+        self.pool.free(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, req: Request) -> None:
+        self.pool.free(req, forget=False)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.PREEMPTED
+        self.waiting.appendleft(req)
+        self.num_preemptions += 1
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_batched_tokens
+        out = SchedulerOutput(StepBatch([]))
+        bs = self.pool.block_size
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if cdiv(req.num_computed_tokens + num_new, bs) > self.pool.num_blocks:
+                self.running.pop(i)
+                out.unfittable.append(req)
+                continue
+            scheduled = True
+            while not self.pool.allocate(req, num_new):
+                victim = self.running.pop()  # newest; always at or after i
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    scheduled = False
+                    break
+            if not scheduled:
+                break
+            out.batch.chunks.append(ScheduledChunk(req, num_new, req.num_computed_tokens + num_new == req.num_tokens))
+            budget -= num_new
+            i += 1
+
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+            req = self.waiting[0]
+            prefix = self.pool.find_prefix(req) if req.num_computed_tokens == 0 else []
+            hit = len(prefix) * bs
+            num_new = min(req.num_tokens - req.num_computed_tokens - hit, budget)
+            if cdiv(req.num_computed_tokens + hit + num_new, bs) > self.pool.num_blocks:
+                self.waiting.popleft()
+                out.unfittable.append(req)
+                continue
+            if not self.pool.allocate(req, num_new, prefix):
+                break  # FIFO: nothing overtakes the head of the queue
+            self.waiting.popleft()
+            if req.status == RequestStatus.WAITING:  # first admission (not a preempted one coming back)
+                req.num_cached_tokens = hit
+                out.admitted.append((req, hit))
+            req.num_computed_tokens += hit
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            out.batch.chunks.append(ScheduledChunk(req, num_new, req.num_computed_tokens + num_new == req.num_tokens))
+            budget -= num_new
+        return out
+
+    def waiting_tokens(self) -> int:
+        return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+
+    def running_tokens(self) -> int:
+        return sum(r.num_tokens for r in self.running)
