@@ -1,0 +1,156 @@
+"""Attention kernels over the paged KV cache; one is chosen when the runner starts.
+
+Every kernel answers ``attend(step, layer, query, key, value, scaling, window) -> [num_tokens, heads, head_dim]``
+for the packed step: ``query`` ``[1, heads, T, D]``, ``key``/``value`` ``[1, kv_heads, T, D]`` (this step's new
+tokens, already written to the cache), each request attending causally over its own context only.
+
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; decodes in one batched call per decode group
+  over their gathered (padded, masked) contexts, each multi-token chunk in its own call. Works on CPU and CUDA.
+- ``flash_attn``: ``flash_attn_varlen_func`` over the packed queries and gathered packed contexts, one call per
+  layer (CUDA, fp16/bf16, when the ``flash-attn`` package is installed). Its causal mask is bottom-right aligned,
+  which is what a chunk with earlier context needs.
+- ``flex``: ``torch.nn.attention.flex_attention`` with a per-step block mask (same sequence, key position <=
+  query position); compiled on CUDA, eager elsewhere (tests check it against ``sdpa`` on CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from replicas.runners.paged_attention import PagedStep
+
+
+class AttentionKernel(ABC):
+    name: str = "base"
+
+    @abstractmethod
+    def attend(self, step: PagedStep, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, window: int | None) -> torch.Tensor: ...
+
+
+class SdpaKernel(AttentionKernel):
+    name = "sdpa"
+
+    def attend(self, step: PagedStep, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, window: int | None) -> torch.Tensor:
+        meta, cache = step.meta, step.cache
+        outs: list[torch.Tensor] = []
+        for g, group in enumerate(meta.decodes):
+            q = query[0, :, group.row_start:group.row_end, :].transpose(0, 1).unsqueeze(2)  # [rows, H, 1, D]
+            k, v = cache.gather(layer, group.slots)  # [rows, ctx, kv, D]
+            o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=meta.decode_mask(g, window), scale=scaling,
+                                               enable_gqa=True)
+            outs.append(o.squeeze(2))  # [rows, H, D]
+        for i, seg in enumerate(meta.prefills):
+            q = query[:, :, seg.q_start:seg.q_end, :]
+            if seg.slots is None:
+                k = key[:, :, seg.q_start:seg.q_end, :]
+                v = value[:, :, seg.q_start:seg.q_end, :]
+            else:
+                kg, vg = cache.gather(layer, seg.slots)  # [ctx, kv, D]
+                k, v = kg.transpose(0, 1).unsqueeze(0), vg.transpose(0, 1).unsqueeze(0)
+            mask = meta.prefill_mask(i, window)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling,
+                                               enable_gqa=True)
+            outs.append(o[0].transpose(0, 1))  # [q_len, H, D]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+class FlashAttnKernel(AttentionKernel):
+    name = "flash_attn"
+
+    def __init__(self) -> None:
+        from flash_attn import flash_attn_varlen_func
+
+        self._fn = flash_attn_varlen_func
+
+    def attend(self, step: PagedStep, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, window: int | None) -> torch.Tensor:
+        vl = step.meta.varlen()
+        k, v = step.cache.gather(layer, vl.k_slots)  # [total_k, kv, D]
+        q = query[0].transpose(0, 1)  # [T, H, D]
+        # HF's sliding window keeps keys with k_pos > q_pos - window: `window - 1` keys to the left.
+        win = (window - 1, 0) if window is not None else (-1, -1)
+        return self._fn(q.contiguous(), k, v, vl.cu_q, vl.cu_k, vl.max_q, vl.max_k, softmax_scale=scaling,
+                        causal=True, window_size=win)
+
+
+class FlexKernel(AttentionKernel):
+    """Packed queries over packed gathered contexts; rows padded to multiples of ``pad`` so that the compiled
+    kernel sees few distinct shapes. Padded rows belong to no sequence: fully masked, their output is dropped."""
+
+    name = "flex"
+
+    def __init__(self, compile: bool, pad: int = 128) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        self._create_block_mask = create_block_mask
+        self._flex = torch.compile(flex_attention, dynamic=True) if compile else flex_attention
+        self._pad = pad
+
+    def _padded(self, n: int) -> int:
+        return -(-n // self._pad) * self._pad
+
+    def _block_mask(self, step: PagedStep, window: int | None) -> object:
+        key = ("flex_mask", window)
+        if key not in step.meta.scratch:
+            vl = step.meta.varlen()
+            t, k = int(vl.q_pos.shape[0]), int(vl.k_pos.shape[0])
+            tp, kp = self._padded(t), self._padded(k)
+            dev = vl.q_pos.device
+            q_seq = torch.full((tp,), -1, dtype=torch.long, device=dev)
+            k_seq = torch.full((kp,), -2, dtype=torch.long, device=dev)
+            q_seq[:t], k_seq[:k] = vl.q_seq, vl.k_seq
+            q_pos = torch.zeros(tp, dtype=torch.long, device=dev)
+            k_pos = torch.zeros(kp, dtype=torch.long, device=dev)
+            q_pos[:t], k_pos[:k] = vl.q_pos, vl.k_pos
+
+            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex's callback signature
+                ok = (q_seq[q_idx] == k_seq[kv_idx]) & (k_pos[kv_idx] <= q_pos[q_idx])
+                if window is not None:
+                    ok = ok & (k_pos[kv_idx] > q_pos[q_idx] - window)
+                return ok
+
+            step.meta.scratch[key] = self._create_block_mask(mask_mod, None, None, tp, kp, device=dev)
+        return step.meta.scratch[key]
+
+    def attend(self, step: PagedStep, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float | None, window: int | None) -> torch.Tensor:
+        vl = step.meta.varlen()
+        block_mask = self._block_mask(step, window)
+        t, kn = query.shape[2], int(vl.k_slots.shape[0])
+        tp, kp = self._padded(t), self._padded(kn)
+        kg, vg = step.cache.gather(layer, vl.k_slots)  # [total_k, kv, D]
+        q = F.pad(query, (0, 0, 0, tp - t))
+        k = F.pad(kg.transpose(0, 1).unsqueeze(0), (0, 0, 0, kp - kn))
+        v = F.pad(vg.transpose(0, 1).unsqueeze(0), (0, 0, 0, kp - kn))
+        out = self._flex(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=True)
+        return out[0, :, :t, :].transpose(0, 1)
+
+
+def available_kernels(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Kernels that can run here, in the order ``auto`` prefers them."""
+    names = []
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn"):
+        names.append("flash_attn")
+    if device.type == "cuda" and importlib.util.find_spec("torch.nn.attention.flex_attention"):
+        names.append("flex")
+    names.append("sdpa")
+    return names
+
+
+def create_kernel(name: str, device: torch.device) -> AttentionKernel:
+    if name == "sdpa":
+        return SdpaKernel()
+    if name == "flash_attn":
+        return FlashAttnKernel()
+    if name == "flex":
+        return FlexKernel(compile=device.type == "cuda")
+    raise ValueError(f"unknown attention kernel {name!r}: choose auto, sdpa, flex or flash_attn")

@@ -1,0 +1,236 @@
+"""`TorchRunner`: a transformers causal LM driven by the engine, one packed forward pass per step.
+
+Contract (beyond ``ModelRunner``): the model runs with our paged attention (``attn_implementation=
+"foresight_paged"``) and HF's own cache off; a step's tokens are packed as batch 1 (decodes first, longest
+context first, then multi-token chunks), with explicit position ids and no padding; logits are computed only
+for the rows that sample; sampling happens on the device. Device work runs in one worker thread, so the event
+loop stays free and steps never overlap. The KV pool is sized once, in ``kv_capacity_blocks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from replicas.engine.request import Request, SamplingParams
+from replicas.runners.base import ModelRunner, StepBatch
+from replicas.runners.kernel_choice import choose_kernel
+from replicas.runners.kv_cache import KVLayout, PagedKVCache
+from replicas.runners.paged_attention import ATTN_NAME, STEP_KWARG, PagedStep
+from replicas.runners.sampling import Sampler
+from replicas.runners.step_metadata import SeqSpan, StepMetadata
+from replicas.runners.torch_setup import cpu_kv_blocks, cuda_kv_blocks, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from replicas.config import ReplicaConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackedStep:
+    """A step's inputs in packed order, snapshotted on the event loop (requests may change meanwhile)."""
+
+    num_chunks: int
+    token_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    spans: list[SeqSpan] = field(default_factory=list)
+    keep_rows: list[int] = field(default_factory=list)  # packed row whose logits sample, per sampling row
+    sample_chunks: list[int] = field(default_factory=list)  # chunk index of each sampling row
+    params: list[SamplingParams] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+
+
+def _token_slice(request: Request, start: int, end: int) -> list[int]:
+    prompt, n = request.prompt_token_ids, request.num_prompt_tokens
+    if start >= n:
+        return request.output_token_ids[start - n:end - n]
+    if end <= n:
+        return prompt[start:end]
+    return prompt[start:] + request.output_token_ids[:end - n]
+
+
+class TorchRunner(ModelRunner):
+    name = "torch"
+
+    def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "auto", attention_kernel: str = "auto",
+                 kv_blocks: int | None = None, kv_cache_memory: int | None = None,
+                 gpu_memory_fraction: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model_path = str(model_path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        load_kwargs: dict[str, object] = {"attn_implementation": ATTN_NAME, "dtype": self.dtype}
+        if self.device.type == "cuda":
+            load_kwargs["device_map"] = str(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, **load_kwargs).to(self.device).eval()
+        self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        self.attention_kernel = attention_kernel
+        self.kv_blocks, self.kv_cache_memory = kv_blocks, kv_cache_memory
+        self.gpu_memory_fraction = gpu_memory_fraction
+        self.max_batched_tokens, self.max_num_seqs = max_batched_tokens, max_num_seqs
+        self.sampler = Sampler(self.device)
+        self.cache: PagedKVCache | None = None
+        self.kernel = None
+        self.kernel_report: dict[str, object] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-runner")
+
+    @classmethod
+    def from_config(cls, cfg: ReplicaConfig) -> TorchRunner:
+        from replicas.models import resolve_model
+
+        extra = cfg.extra or {}
+        return cls(str(resolve_model(cfg.model)), device=cfg.device, dtype=cfg.dtype,
+                   attention_kernel=str(extra.get("attention_kernel", "auto")), kv_blocks=cfg.kv_blocks,
+                   kv_cache_memory=cfg.kv_cache_memory,
+                   gpu_memory_fraction=float(extra.get("gpu_memory_fraction", 0.9)),  # type: ignore[arg-type]
+                   max_batched_tokens=cfg.max_batched_tokens, max_num_seqs=cfg.max_num_seqs)
+
+    # -- start-up -------------------------------------------------------------------------------------------
+
+    def kv_capacity_blocks(self, block_size: int) -> int:
+        if self.cache is not None:
+            if self.cache.layout.block_size != block_size:
+                raise ValueError(f"KV cache was built for block size {self.cache.layout.block_size}, not {block_size}")
+            return self.cache.num_blocks
+        layout = KVLayout.from_model_config(self.model.config, block_size, self.dtype)
+        if self.device.type == "cuda":
+            num_blocks = self._cuda_blocks(layout)
+        else:
+            num_blocks = cpu_kv_blocks(layout, self.kv_blocks, self.kv_cache_memory)
+        if num_blocks < 1:
+            raise ValueError(f"no KV block fits ({layout.bytes_per_block} bytes each): raise the KV memory")
+        self.cache = PagedKVCache(layout, num_blocks, self.device)
+        self.kernel, self.kernel_report = choose_kernel(self, self.attention_kernel)
+        self.run_step(self.synthetic_step([2 * block_size], [block_size + 1]))  # warm-up: first real step is not slow
+        log.info("torch runner: %s on %s (%s), kernel %s, %d KV blocks (%.1f MiB)", self.model_path, self.device,
+                 self.dtype, self.kernel.name, num_blocks, self.cache.nbytes / 2**20)
+        return num_blocks
+
+    def _cuda_blocks(self, layout: KVLayout) -> int:
+        """Warm up with the largest step on a scratch cache, then size the pool from what is free."""
+        from replicas.runners.attn_kernels import SdpaKernel
+
+        tokens = min(self.max_batched_tokens, self.max_model_len or self.max_batched_tokens)
+        scratch_blocks = -(-tokens // layout.block_size)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.cache, self.kernel = PagedKVCache(layout, scratch_blocks, self.device), SdpaKernel()
+        sampling = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)
+        step = self.synthetic_step([], [tokens], sampling, rows_per_prefill=min(self.max_num_seqs, tokens))
+        self.run_step(step)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        self.cache, self.kernel = None, None
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return cuda_kv_blocks(layout, free, peak, self.gpu_memory_fraction, self.kv_blocks, self.kv_cache_memory)
+
+    def synthetic_step(self, decode_ctx: list[int], prefill_lens: list[int], sampling: SamplingParams | None = None,
+                       rows_per_prefill: int = 1) -> PackedStep:
+        """A step over scratch blocks (warm-up, kernel timing): random tokens, consecutive block tables (taken
+        modulo the pool), one sampling row per decode and ``rows_per_prefill`` per prefill."""
+        assert self.cache is not None
+        bs, vocab = self.cache.layout.block_size, int(self.model.config.vocab_size)
+        step = PackedStep(num_chunks=len(decode_ctx) + len(prefill_lens))
+        next_block = 0
+        for ctx, n in [(c, 1) for c in decode_ctx] + [(p, p) for p in prefill_lens]:
+            nblk = -(-ctx // bs)
+            step.spans.append(SeqSpan(ctx - n, n, [(next_block + i) % self.cache.num_blocks for i in range(nblk)]))
+            next_block += nblk
+            step.token_ids.extend(torch.randint(0, vocab, (n,)).tolist())
+            step.positions.extend(range(ctx - n, ctx))
+            rows = min(n, rows_per_prefill) if n > 1 else 1
+            for r in range(rows):
+                step.keep_rows.append(len(step.token_ids) - rows + r)
+                step.sample_chunks.append(len(step.spans) - 1)
+                step.params.append(sampling or SamplingParams(temperature=0.0))
+                step.request_ids.append(f"synthetic-{len(step.request_ids)}")
+        return step
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    def pack(self, batch: StepBatch) -> PackedStep:
+        """Snapshot ``batch`` into packed order; raise on a block table that does not cover the step."""
+        assert self.cache is not None, "kv_capacity_blocks must be called before the first step"
+        bs, num_blocks = self.cache.layout.block_size, self.cache.num_blocks
+        entries = []
+        for index, chunk in enumerate(batch.chunks):
+            r, n = chunk.request, chunk.num_new_tokens
+            start = r.num_computed_tokens
+            end = start + n
+            if n <= 0 or end > r.num_tokens:
+                raise ValueError(f"request {r.request_id}: cannot compute tokens [{start}, {end}) of {r.num_tokens}")
+            nblk = -(-end // bs)
+            blocks = list(r.block_ids[:nblk])
+            if len(blocks) < nblk or max(blocks) >= num_blocks or min(blocks) < 0:
+                raise ValueError(f"request {r.request_id}: block table {blocks} does not cover {end} tokens "
+                                 f"in a pool of {num_blocks} blocks")
+            entries.append((index, chunk, SeqSpan(start, n, blocks)))
+        # Decodes first, longest context first, so that decode groups pad little; then multi-token chunks.
+        entries.sort(key=lambda e: (e[2].num_new != 1, -e[2].ctx_len if e[2].num_new == 1 else 0))
+        step = PackedStep(num_chunks=len(batch.chunks))
+        for index, chunk, span in entries:
+            step.spans.append(span)
+            step.token_ids.extend(_token_slice(chunk.request, span.start, span.ctx_len))
+            step.positions.extend(range(span.start, span.ctx_len))
+            if chunk.sample:
+                step.keep_rows.append(len(step.token_ids) - 1)
+                step.sample_chunks.append(index)
+                step.params.append(chunk.request.sampling)
+                step.request_ids.append(chunk.request.request_id)
+        return step
+
+    def forward_logits(self, step: PackedStep) -> torch.Tensor:
+        """One packed forward pass (writes the step's K/V into the cache) -> logits ``[sampling rows, vocab]``."""
+        assert self.cache is not None and self.kernel is not None
+        dev = self.device
+        meta = StepMetadata.build(step.spans, self.cache.layout.block_size, dev)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor(step.token_ids, dtype=torch.long, device=dev)[None],
+                position_ids=torch.tensor(step.positions, dtype=torch.long, device=dev)[None],
+                logits_to_keep=torch.tensor(step.keep_rows, dtype=torch.long, device=dev),
+                use_cache=False, **{STEP_KWARG: PagedStep(meta, self.cache, self.kernel)},
+            )
+        return out.logits[0]
+
+    def run_step(self, step: PackedStep) -> list[int | None]:
+        """Forward + sampling, synchronously (the worker thread's job; tests call it directly)."""
+        logits = self.forward_logits(step)
+        with torch.inference_mode():
+            tokens = self.sampler.sample(logits, step.params, step.request_ids)
+        results: list[int | None] = [None] * step.num_chunks
+        for index, token in zip(step.sample_chunks, tokens, strict=True):
+            results[index] = token
+        return results
+
+    def execute_sync(self, batch: StepBatch) -> list[int | None]:
+        return self.run_step(self.pack(batch))
+
+    async def execute(self, batch: StepBatch) -> list[int | None]:
+        step = self.pack(batch)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_step, step)
+
+    def release(self, request_id: str) -> None:
+        self.sampler.release(request_id)
+
+    def describe(self) -> dict[str, object]:
+        info: dict[str, object] = {"runner": self.name, "model": self.model_path, "device": str(self.device),
+                                   "dtype": str(self.dtype).removeprefix("torch."),
+                                   "kernel": self.kernel.name if self.kernel else None, **self.kernel_report}
+        if self.cache is not None:
+            info.update(kv_blocks=self.cache.num_blocks, block_size=self.cache.layout.block_size,
+                        kv_cache_bytes=self.cache.nbytes)
+        return info
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
