@@ -212,12 +212,15 @@ async def fallback(request: web.Request) -> web.Response:
     return http_response(APIError(404, f"unknown route {request.method} {request.path}", code="unknown_route"))
 
 
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
 def build_app(cfg: GatewayConfig) -> web.Application:
     from gateway.admin import add_admin_routes
 
     gw = Gateway(cfg)
     app = web.Application(client_max_size=cfg.max_body_bytes)
-    app["gateway"] = gw
+    app[GATEWAY] = gw
     app.router.add_post("/v1/chat/completions", gw.chat)
     app.router.add_post("/v1/completions", gw.legacy)
     app.router.add_get("/v1/models", gw.models)

@@ -18,7 +18,7 @@ from gateway.routing.base import ReplicaView
 
 
 def _h(text: str) -> int:
-    return xxhash.xxh64_intdigest(text)
+    return xxhash.xxh64_intdigest(text.encode())
 
 
 class StickyRing:

@@ -1,0 +1,168 @@
+"""``foresight bench overhead``: what the gateway costs, measured against the same backends in the same run.
+
+Starts 2 mock OpenAI backends (``bench/mock_backend.py``) and a gateway (``round_robin``, predictor off) in front
+of them, then drives closed-loop load with ``wrk`` (Debian package ``wrk``) at each concurrency: once directly at
+the backends (connections split over both, as the gateway splits requests), once through the gateway. Reports
+req/s, p50/p99 latency and the ratio to direct; writes JSON and a PNG under ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BODY = '{"model":"mock","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
+LUA = f"""wrk.method = "POST"
+wrk.body = '{BODY}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not up after {timeout}s")
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """req/s and latency percentiles (ms) from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {}
+    for p, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        pct[p] = float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {"rps": rps, "p50_ms": pct["50"], "p90_ms": pct["90"], "p99_ms": pct["99"],
+            "requests": int(total.group(1)) if total else 0, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def run_wrk(urls: list[str], connections: int, duration: float, script: str) -> dict[str, float]:
+    """One wrk per URL (connections split evenly), run concurrently; rates add up, percentiles are averaged
+    weighted by requests (wrk cannot merge histograms across processes)."""
+    per = max(1, connections // len(urls))
+    procs = [subprocess.Popen(["wrk", "-t", "1", "-c", str(per), "-d", f"{max(1, round(duration))}s", "--latency", "-s", script,
+                               url + "/v1/chat/completions"], stdout=subprocess.PIPE, text=True) for url in urls]
+    results = [parse_wrk(p.communicate()[0]) for p in procs]
+    total = sum(r["requests"] for r in results) or 1
+    out = {"rps": sum(r["rps"] for r in results), "requests": total,
+           "non_2xx": sum(r["non_2xx"] for r in results)}
+    for k in ("p50_ms", "p90_ms", "p99_ms"):
+        out[k] = sum(r[k] * r["requests"] for r in results) / total
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conc = sorted(results["runs"], key=int)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    x = range(len(conc))
+    for off, mode in ((-0.2, "direct"), (0.2, "gateway")):
+        a.bar([i + off for i in x], [results["runs"][c][mode]["rps"] for c in conc], 0.4, label=mode)
+        b.bar([i + off for i in x], [results["runs"][c][mode]["p50_ms"] for c in conc], 0.4, label=f"{mode} p50")
+    for ax, title in ((a, "throughput (req/s)"), (b, "p50 latency (ms)")):
+        ax.set_xticks(list(x), [f"c={c}" for c in conc])
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"gateway overhead vs direct (2 mock backends, delay {results['backend_delay_ms']} ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.results import results_dir, write_json
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("foresight bench overhead needs wrk: apt-get install -y wrk")
+    procs: list[subprocess.Popen] = []
+    tmp = tempfile.mkdtemp(prefix="foresight-overhead-")
+    script = os.path.join(tmp, "post.lua")
+    Path(script).write_text(LUA)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        backends = []
+        for _ in range(2):
+            port = free_port()
+            procs.append(subprocess.Popen([sys.executable, "-m", "bench.mock_backend", "--port", str(port),
+                                           "--delay-ms", str(args.delay_ms)], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            backends.append(f"http://127.0.0.1:{port}")
+        gport = free_port()
+        cmd = [sys.executable, "-m", "foresight.cli", "--log-level", "WARNING", "gateway", "--port", str(gport),
+               "--policy", "round_robin", "--predictor", "off"]
+        for b in backends:
+            cmd += ["--replica", b]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        gateway = f"http://127.0.0.1:{gport}"
+        for url in [*backends, gateway]:
+            wait_http(url + "/health")
+        time.sleep(1.0)  # let the gateway's first probes learn the models
+        runs: dict[str, dict] = {}
+        for c in args.concurrency:
+            run_wrk(backends, c, 1, script)  # warm-up, both paths
+            run_wrk([gateway], c, 1, script)
+            direct = run_wrk(backends, c, args.duration, script)
+            via = run_wrk([gateway], c, args.duration, script)
+            ratio = via["rps"] / direct["rps"] if direct["rps"] else 0.0
+            runs[str(c)] = {"direct": direct, "gateway": via, "throughput_ratio": ratio,
+                            "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
+                            "added_p99_ms": via["p99_ms"] - direct["p99_ms"]}
+            print(f"c={c:<3} direct {direct['rps']:8.0f} req/s p50 {direct['p50_ms']:.2f} ms p99 "
+                  f"{direct['p99_ms']:.2f} ms | gateway {via['rps']:8.0f} req/s p50 {via['p50_ms']:.2f} ms p99 "
+                  f"{via['p99_ms']:.2f} ms | ratio {ratio:.2f}x, +{via['p50_ms'] - direct['p50_ms']:.2f} ms p50")
+        results = {"benchmark": "overhead", "load_generator": "wrk", "backends": 2, "policy": "round_robin",
+                   "backend_delay_ms": args.delay_ms, "duration_s": args.duration, "runs": runs,
+                   "goal": {"concurrency": 8, "min_throughput_ratio": 0.75, "max_added_p50_ms": 0.5}}
+        if "8" in runs:
+            results["goal"]["met"] = (runs["8"]["throughput_ratio"] >= 0.75 and runs["8"]["added_p50_ms"] <= 0.5)
+        out = Path(args.json) if args.json else results_dir() / f"overhead{args.tag}.json"
+        write_json(out, results)
+        plot(results, out.with_suffix(".png"))
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("overhead", help="Gateway overhead vs direct calls to 2 mock backends (wrk).",
+                              description=__doc__)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="mock backend service time per request")
+    p.add_argument("--json", default=None, help="output path (default bench/results/overhead<tag>.json)")
+    p.add_argument("--tag", default="", help="suffix of the default output name")
+    p.set_defaults(func=run)
