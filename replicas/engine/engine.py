@@ -7,8 +7,8 @@ Use it in-process (tests, the torch runner's correctness check) or behind the HT
         out.new_token_ids, out.new_text, out.finished, out.finish_reason
     await engine.stop()
 
-``generate`` starts the loop on first use; leaving the ``async for`` early (or cancelling the task) aborts
-the request and frees its blocks. ``add_request`` raises ``foresight.errors.APIError``: 400 for a prompt
+``generate`` starts the loop on first use; closing the generator early (``contextlib.aclosing``, ``aclose()``,
+garbage collection) or cancelling the task aborts the request and frees its blocks. ``add_request`` raises ``foresight.errors.APIError``: 400 for a prompt
 that cannot fit (``max_model_len``, the KV pool), 503 with Retry-After when ``max_waiting`` requests wait.
 
 Stop logic lives here, for every runner: EOS (unless ``ignore_eos``), ``stop_token_ids``, stop strings
@@ -19,6 +19,7 @@ Stop logic lives here, for every runner: EOS (unless ``ignore_eos``), ``stop_tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -188,8 +189,9 @@ class Engine:
     async def generate(self, prompt_token_ids: Sequence[int], sampling: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         rid = self.add_request(prompt_token_ids, sampling, request_id)
-        async for out in self.stream(rid):
-            yield out
+        async with contextlib.aclosing(self.stream(rid)) as outs:
+            async for out in outs:
+                yield out
 
     def abort(self, request_id: str) -> None:
         handle = self._handles.get(request_id)
