@@ -54,7 +54,62 @@ OVERVIEW = [
           unit="short", description="Token throughput reported by the replicas' usage blocks."),
 ]
 
+ROUTING = [
+    Panel("Routing decisions by policy",
+          [(f"sum by (policy) (rate(foresight_gateway_routing_decisions_total[{RI}]))", "{{policy}}")],
+          unit="ops", description="Dispatches chosen by each policy (a retried request counts once per dispatch)."),
+    Panel("Routing decisions by replica",
+          [(f"sum by (replica) (rate(foresight_gateway_routing_decisions_total[{RI}]))", "{{replica}}")],
+          unit="ops", description="How evenly the policy spreads work; prefix affinity makes this uneven on purpose."),
+    Panel("Prefix cache hit rate",
+          [(f"sum(rate(foresight_replica_prefix_hit_tokens_total[{RI}])) "
+            f"/ sum(rate(foresight_replica_prompt_tokens_total[{RI}]))", "all replicas"),
+           (f"sum by (instance) (rate(foresight_replica_prefix_hit_tokens_total[{RI}])) "
+            f"/ sum by (instance) (rate(foresight_replica_prompt_tokens_total[{RI}]))", "{{instance}}")],
+          unit="percentunit", max=1,
+          description="Share of prompt tokens the replicas served from their prefix cache: what affinity routing buys."),
+    Panel("Dispatches per request",
+          [(f"sum(rate(foresight_gateway_routing_decisions_total[{RI}])) "
+            f'/ sum(rate(foresight_gateway_requests_total{{replica!="none"}}[{RI}]))', "dispatches / request")],
+          unit="short", kind="stat", description="1 means no retries; above 1, requests were retried elsewhere."),
+    Panel("Retries by reason", [(f"sum by (reason) (rate(foresight_gateway_retries_total[{RI}]))", "{{reason}}")],
+          unit="ops", description="Dispatches retried on another replica after a failure before the first byte."),
+    Panel("Rejected before dispatch", [(f"sum by (reason) (rate(foresight_gateway_rejected_total[{RI}]))",
+                                        "{{reason}}")],
+          unit="reqps", description="Shed (503) and rate-limited (429) requests, by reason."),
+]
+
+REPLICAS = [
+    Panel("Replica up (Prometheus scrape)", [('up{job="foresight-replica"}', "{{instance}}")], max=1,
+          description="1 while Prometheus can scrape the replica."),
+    Panel("Breaker state (replicas per state, all gateways)",
+          [("sum by (state) (foresight_gateway_breaker_state)", "{{state}}")],
+          description="Each gateway's circuit breaker per replica: closed (healthy), half_open (trial), open."),
+    Panel("Waiting requests", [("sum by (instance) (foresight_replica_num_requests_waiting)", "{{instance}}")],
+          description="Queued in the replica's scheduler, not yet admitted."),
+    Panel("Running requests", [("sum by (instance) (foresight_replica_num_requests_running)", "{{instance}}")]),
+    Panel("KV cache in use", [("max by (instance) (foresight_replica_kv_usage_ratio)", "{{instance}}")],
+          unit="percentunit", max=1, description="Share of KV blocks referenced by running requests."),
+    Panel("KV blocks by state", [("sum by (state) (foresight_replica_kv_blocks)", "{{state}}")],
+          description="used: referenced; cached: reusable prefix content (evictable); free: the rest."),
+    Panel("Generated tokens per second",
+          [(f"sum by (instance) (rate(foresight_replica_generation_tokens_total[{RI}]))", "{{instance}}")]),
+    Panel("Prefill tokens per second",
+          [(f"sum by (instance) (rate(foresight_replica_prefill_tokens_total[{RI}]))", "{{instance}}")]),
+    Panel("Engine step duration", quantiles("foresight_replica_step_duration_seconds"), unit="s"),
+    Panel("Replica time to first token", quantiles("foresight_replica_time_to_first_token_seconds"), unit="s",
+          description="Arrival at the replica to its first token: queueing plus prefill."),
+    Panel("Preemptions", [(f"sum by (instance) (rate(foresight_replica_preemptions_total[{RI}]))", "{{instance}}")],
+          unit="ops", description="Requests preempted for lack of KV blocks (their KV is recomputed later)."),
+    Panel("Decode step (moving average)", [("max by (instance) (foresight_replica_decode_step_seconds)",
+                                            "{{instance}}")], unit="s",
+          description="The rate the replicas report to routing (DESIGN.md section 3)."),
+]
+
 DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
     "foresight-overview": ("Foresight / Overview", "Traffic, errors and latency percentiles at the gateways.",
                            OVERVIEW),
+    "foresight-routing": ("Foresight / Routing", "What the routing policy decides and what it buys.", ROUTING),
+    "foresight-replicas": ("Foresight / Replicas", "Queues, KV cache, throughput and health of every replica.",
+                           REPLICAS),
 }
