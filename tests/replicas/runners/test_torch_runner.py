@@ -1,0 +1,195 @@
+"""TorchRunner on hand-built steps, checked against the transformers model run directly."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from replicas.config import ReplicaConfig  # noqa: E402
+from replicas.engine.request import Request, SamplingParams  # noqa: E402
+from replicas.runners.base import ScheduledChunk, StepBatch  # noqa: E402
+from replicas.runners.kv_cache import KVLayout  # noqa: E402
+from replicas.runners.torch_runner import TorchRunner  # noqa: E402
+
+BS = 16
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path) -> TorchRunner:
+    r = TorchRunner(str(tiny_model_dir), kv_blocks=64)
+    assert r.kv_capacity_blocks(BS) == 64
+    return r
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir: Path):  # noqa: ANN201
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+def _request(rid: str, prompt: list[int], blocks: list[int], computed: int = 0) -> Request:
+    req = Request(rid, prompt, SamplingParams(max_tokens=8, temperature=0.0))
+    req.block_ids, req.num_computed_tokens = blocks, computed
+    return req
+
+
+def test_packed_mixed_step_matches_full_forward(runner: TorchRunner, hf_model) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 500, (n,), generator=g).tolist() for n in (37, 21, 9, 50)]
+    # Scrambled, non-contiguous block tables: the runner must follow them, not assume order.
+    a = _request("a", prompts[0], [7, 3, 12])
+    b = _request("b", prompts[1], [20, 5])
+    c = _request("c", prompts[2], [30])
+    d = _request("d", prompts[3], [41, 40, 9, 2])
+    # Step 1: a's first chunk (no sampling), b, c and d prefilled whole.
+    out = runner.execute_sync(StepBatch([ScheduledChunk(a, 20, False), ScheduledChunk(b, 21, True),
+                                         ScheduledChunk(c, 9, True), ScheduledChunk(d, 50, True)]))
+    assert out[0] is None and all(isinstance(t, int) for t in out[1:])
+    a.num_computed_tokens = 20
+    for req, tok in ((b, out[1]), (c, out[2]), (d, out[3])):
+        req.num_computed_tokens = req.num_prompt_tokens
+        req.output_token_ids.append(tok)
+    # Step 2: a's second chunk over its cached first part, three decodes with different context lengths.
+    step = runner.pack(StepBatch([ScheduledChunk(b, 1, True), ScheduledChunk(a, 17, True),
+                                  ScheduledChunk(d, 1, True), ScheduledChunk(c, 1, True)]))
+    logits = runner.forward_logits(step)
+    by_request = dict(zip(step.request_ids, logits, strict=True))
+    with torch.inference_mode():
+        for req in (a, b, c, d):
+            full = hf_model(torch.tensor([req.all_token_ids])).logits[0, -1]
+            torch.testing.assert_close(by_request[req.request_id], full, atol=2e-4, rtol=2e-4)
+    # Step 1's greedy tokens were the argmax of the full forward too.
+    with torch.inference_mode():
+        assert hf_model(torch.tensor([prompts[1]])).logits[0, -1].argmax().item() == out[1]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_kernel_agrees_with_sdpa(runner: TorchRunner) -> None:
+    from replicas.runners.attn_kernels import FlexKernel, SdpaKernel
+
+    step = runner.synthetic_step([40, 33, 70], [24, 19])
+    try:
+        runner.kernel = SdpaKernel()
+        ref = runner.forward_logits(step)
+        runner.kernel = FlexKernel(compile=False, pad=32)
+        got = runner.forward_logits(step)
+    finally:
+        runner.kernel = SdpaKernel()
+    torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
+
+
+def test_block_table_must_cover_the_step(runner: TorchRunner) -> None:
+    short = _request("short", list(range(3, 40)), [1])
+    with pytest.raises(ValueError, match="does not cover"):
+        runner.pack(StepBatch([ScheduledChunk(short, 37, True)]))
+    outside = _request("outside", list(range(3, 10)), [64])
+    with pytest.raises(ValueError, match="does not cover"):
+        runner.pack(StepBatch([ScheduledChunk(outside, 7, True)]))
+    done = _request("done", list(range(3, 10)), [1], computed=7)
+    with pytest.raises(ValueError, match="cannot compute"):
+        runner.pack(StepBatch([ScheduledChunk(done, 1, True)]))
+
+
+async def test_execute_runs_in_a_worker_thread(runner: TorchRunner) -> None:
+    threads: list[int] = []
+    original = runner.run_step
+
+    def spy(step):  # noqa: ANN001, ANN202
+        threads.append(threading.get_ident())
+        return original(step)
+
+    runner.run_step = spy  # type: ignore[method-assign]
+    try:
+        req = _request("w", [5, 6, 7, 8], [3])
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        out = await runner.execute(StepBatch([ScheduledChunk(req, 4, True)]))
+        task.cancel()
+    finally:
+        del runner.run_step
+    assert isinstance(out[0], int)
+    assert threads and threads[0] != threading.get_ident()
+    assert ticks > 0  # the loop kept running while the step ran
+
+
+def test_kv_sizing_and_describe(tiny_model_dir: Path) -> None:
+    cfg = ReplicaConfig(model=str(tiny_model_dir), runner="torch", kv_cache_memory=3 << 20)
+    r = TorchRunner.from_config(cfg)
+    layout = KVLayout.from_model_config(r.model.config, BS, torch.float32)
+    assert layout.bytes_per_block == 2 * 2 * BS * 2 * 16 * 4  # K+V, 2 layers, 2 KV heads of 16, fp32
+    assert r.kv_capacity_blocks(BS) == (3 << 20) // layout.bytes_per_block
+    info = r.describe()
+    assert info["kernel"] == "sdpa" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["kv_blocks"] == r.cache.num_blocks and r.cache.nbytes <= 3 << 20
+    assert r.max_model_len == 2048
+    with pytest.raises(ValueError, match="block size"):
+        r.kv_capacity_blocks(32)
+    r.close()
+
+
+def test_bad_device_dtype_and_kernel(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="CUDA is not available|CUDA device"):
+        TorchRunner(str(tiny_model_dir), device="cuda:0" if not torch.cuda.is_available() else "cuda:99")
+    with pytest.raises(ValueError, match="unsupported device"):
+        TorchRunner(str(tiny_model_dir), device="mps")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        TorchRunner(str(tiny_model_dir), dtype="int3")
+    r = TorchRunner(str(tiny_model_dir), kv_blocks=8, attention_kernel="flash_attn")
+    with pytest.raises(ValueError, match="flash_attn is not available"):
+        r.kv_capacity_blocks(BS)
+
+
+def _tiny_variant(base: Path, out: Path, kind: str) -> Path:
+    """A random-weight Mistral (sliding window) or Qwen3 (q/k norms) sharing the tiny tokenizer."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.3, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    if kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=8))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16))
+    model.save_pretrained(out)
+    for f in base.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen3"])
+def test_other_architectures_decode_like_generate(tiny_model_dir: Path, tmp_path: Path, kind: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    folder = _tiny_variant(tiny_model_dir, tmp_path / kind, kind)
+    r = TorchRunner(str(folder), kv_blocks=16)
+    r.kv_capacity_blocks(BS)
+    prompt = torch.randint(3, 500, (19,), generator=torch.Generator().manual_seed(5)).tolist()
+    req = _request("x", prompt, [4, 9, 1])
+    for _ in range(12):  # prefill in two chunks, then decode token by token
+        n = 11 if req.num_computed_tokens == 0 else req.num_tokens - req.num_computed_tokens
+        tok = r.execute_sync(StepBatch([ScheduledChunk(req, n, req.num_computed_tokens + n == req.num_tokens)]))[0]
+        req.num_computed_tokens += n
+        if tok is not None:
+            req.output_token_ids.append(tok)
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+    gen = ref.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                       max_new_tokens=len(req.output_token_ids), eos_token_id=None, pad_token_id=0)
+    assert req.output_token_ids == gen[0, len(prompt):].tolist()
+    r.close()
