@@ -41,8 +41,9 @@ class Head(Protocol):
     name: ClassVar[str]
 
     @classmethod
-    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int) -> Head:
-        """Fit on head rows ``Z`` (n, len(HEAD_COLUMNS)) and targets ``log1p(tokens)``; deterministic per seed."""
+    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int, trees: int = 150) -> Head:
+        """Fit on head rows ``Z`` (n, len(HEAD_COLUMNS)) and targets ``log1p(tokens)``; deterministic per seed.
+        ``trees`` is the boosting budget of tree heads (others ignore it)."""
         ...
 
     def predict_log(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

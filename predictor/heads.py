@@ -1,9 +1,13 @@
 """The candidate heads compared by ``foresight predictor eval --candidates``; the registry maps CLI names to classes.
 
 - ``ridge``: median = model mean + text score (+ a fitted offset); p90 adds a multiple of the model's spread.
-- ``bucket``: a multinomial logistic classifier over ten quantile buckets of log length; the median and p90 are
-  read off the predicted cumulative distribution.
-- ``stack`` (default): gradient-boosted trees with a quantile loss, one for p50 and one for p90, over the same row.
+- ``bucket``: a multinomial logistic classifier over ten quantile buckets of the log-length residual (after the
+  model's mean); the median and p90 are read off the predicted cumulative distribution.
+- ``stack`` (default): gradient-boosted trees with a quantile loss, one for p50 and one for p90, over the same row,
+  fitted to the residual after the model's mean.
+
+Why residuals: trees and buckets cannot extrapolate, so a model longer-winded than every model in training would
+be capped at the longest one. Adding the model's (online-learned) mean back keeps any model on its own scale.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ class RidgeHead:
         self.offset, self.k90 = offset, k90
 
     @classmethod
-    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int) -> RidgeHead:
+    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int, trees: int = 150) -> RidgeHead:
         resid = log_y - Z[:, COL_MEAN] - Z[:, COL_TEXT]
         offset = float(np.median(resid))
         spread = np.maximum(Z[:, COL_SPREAD], 1e-3)
@@ -50,12 +54,13 @@ class BucketHead:
         self.edges, self.coef, self.intercept, self.mu, self.sd = edges, coef, intercept, mu, sd
 
     @classmethod
-    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int) -> BucketHead:
+    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int, trees: int = 150) -> BucketHead:
         from sklearn.linear_model import LogisticRegression
 
-        inner = np.quantile(log_y, np.linspace(0, 1, cls.n_buckets + 1)[1:-1])
-        edges = np.concatenate(([log_y.min()], inner, [log_y.max()]))
-        labels = np.searchsorted(inner, log_y, side="right")
+        resid = log_y - Z[:, COL_MEAN]
+        inner = np.quantile(resid, np.linspace(0, 1, cls.n_buckets + 1)[1:-1])
+        edges = np.concatenate(([resid.min()], inner, [resid.max()]))
+        labels = np.searchsorted(inner, resid, side="right")
         mu, sd = Z.mean(axis=0), Z.std(axis=0)
         sd[sd < 1e-9] = 1.0
         clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit((Z - mu) / sd, labels)
@@ -70,7 +75,7 @@ class BucketHead:
         logits -= logits.max(axis=1, keepdims=True)
         prob = np.exp(logits)
         cdf = np.cumsum(prob / prob.sum(axis=1, keepdims=True), axis=1)
-        return self._quantile(cdf, 0.5), self._quantile(cdf, 0.9)
+        return Z[:, COL_MEAN] + self._quantile(cdf, 0.5), Z[:, COL_MEAN] + self._quantile(cdf, 0.9)
 
     def _quantile(self, cdf: np.ndarray, q: float) -> np.ndarray:
         # Interpolate linearly inside the bucket where the cumulative probability crosses q.
@@ -90,22 +95,23 @@ class BucketHead:
 
 class StackHead:
     name: ClassVar[str] = "stack"
-    params: ClassVar[dict[str, Any]] = {"max_iter": 150, "learning_rate": 0.05, "max_depth": 3,
-                                         "min_samples_leaf": 40, "early_stopping": False}
+    params: ClassVar[dict[str, Any]] = {"learning_rate": 0.05, "max_depth": 3, "min_samples_leaf": 40,
+                                         "early_stopping": False}
 
     def __init__(self, p50: TreeEnsemble, p90: TreeEnsemble) -> None:
         self.p50, self.p90 = p50, p90
 
     @classmethod
-    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int) -> StackHead:
+    def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int, trees: int = 150) -> StackHead:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        fitted = [HistGradientBoostingRegressor(loss="quantile", quantile=q, random_state=seed, **cls.params)
-                  .fit(Z, log_y) for q in (0.5, 0.9)]
+        fitted = [HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=trees, random_state=seed,
+                                                **cls.params)
+                  .fit(Z, log_y - Z[:, COL_MEAN]) for q in (0.5, 0.9)]
         return cls(*(TreeEnsemble.from_sklearn(m) for m in fitted))
 
     def predict_log(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.p50.predict(Z), self.p90.predict(Z)
+        return Z[:, COL_MEAN] + self.p50.predict(Z), Z[:, COL_MEAN] + self.p90.predict(Z)
 
     def to_dict(self) -> dict[str, Any]:
         return {"p50": self.p50.to_dict(), "p90": self.p90.to_dict()}

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from predictor.features import N_HASHED, Features
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 def design(features: Sequence[Features], mu: np.ndarray, sd: np.ndarray) -> sp.csr_matrix:
     """Rows of [hashed n-grams | standardised dense] for training (CSR)."""
+    import scipy.sparse as sp  # training only: the request path never builds a matrix
+
     indptr = [0]
     indices: list[int] = []
     values: list[float] = []

@@ -28,6 +28,7 @@ class TrainConfig:
     head: str = DEFAULT_HEAD
     alpha: float = 30.0  # ridge strength on the text score; chosen by grouped CV (docs/predictor.md)
     inner_folds: int = 5
+    trees: int = 150  # boosting iterations of the stack head, per quantile
     seed: int = 0
 
 
@@ -75,7 +76,7 @@ def fit(data: Prepared, config: TrainConfig, meta: dict[str, Any] | None = None,
     _tick(progress)
     Z = np.stack([head_row(stats.vector(m), s, f.dense) for m, s, f in zip(data.models, oof, data.features,
                                                                            strict=True)])
-    head = HEADS[config.head].fit(Z, data.log_y, config.seed)
+    head = HEADS[config.head].fit(Z, data.log_y, config.seed, trees=config.trees)
     _tick(progress)
     info = {"config": asdict(config), "rows": int(len(data.log_y)), "prompts": n_groups,
             "models": sorted(set(data.models.tolist())), "artifact_version": ARTIFACT_VERSION,

@@ -1,0 +1,141 @@
+"""`foresight predictor train|eval|predict`. Registration is cheap; each command imports what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from foresight.cli import add_group
+
+log = logging.getLogger(__name__)
+DEFAULT_DATA = "prompts/alpaca_eval_model_outputs.jsonl.gz"
+
+
+def default_data() -> str:
+    from bench.results import shared_data_dir
+
+    return str(shared_data_dir() / DEFAULT_DATA)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = add_group(subparsers, "predictor", "Output-length predictor: train, evaluate, predict.")
+
+    train = group.add_parser("train", help="train a predictor artifact")
+    _data_flags(train)
+    train.add_argument("--out", default=None, help="artifact path (default: the package's default artifact)")
+    train.set_defaults(func=cmd_train)
+
+    ev = group.add_parser("eval", help="grouped cross-validation, baselines, latency, plot")
+    _data_flags(ev)
+    ev.add_argument("--model", default=None, help="artifact whose configuration is cross-validated and timed "
+                                                  "(default: the shipped artifact)")
+    ev.add_argument("--json", default="bench/results/predictor_eval.json", help="where to write the report")
+    ev.add_argument("--plot", default=None, help="PNG of predicted vs true (default: beside --json)")
+    ev.add_argument("--folds", type=int, default=5)
+    ev.add_argument("--candidates", default="ridge,bucket,stack", help="heads to compare, comma-separated")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = group.add_parser("predict", help="predict p50/p90 output tokens for JSONL requests")
+    pr.add_argument("--model", default=None, help="artifact (default: the shipped artifact)")
+    pr.add_argument("--input", required=True, help="JSONL(.gz) rows with messages|prompt|instruction and model")
+    pr.add_argument("--output", default="-", help="JSONL out, one {p50, p90} per input row ('-': stdout)")
+    pr.set_defaults(func=cmd_predict)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help=f"JSONL(.gz) training data (default: shared data {DEFAULT_DATA})")
+    p.add_argument("--tokenizer", default="smollm2", help="tokenizer that counts response tokens: a model name, a "
+                                                          "model folder, or a tokenizer.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--head", default=None, help="final model: ridge, bucket or stack (default: stack)")
+    p.add_argument("--limit", type=int, default=None, help="read only the first N rows")
+
+
+def _prepare(args: argparse.Namespace):  # -> (Prepared, examples, meta)
+    from predictor.data import load_examples
+    from predictor.train import Prepared, tokenizer_info
+
+    data = args.data or default_data()
+    tokenizer, tok_meta = tokenizer_info(args.tokenizer)
+    examples = load_examples(data, tokenizer, limit=args.limit)
+    log.info("read %d rows from %s", len(examples), data)
+    return Prepared.of(examples), examples, {"tokenizer": tok_meta, "data": Path(data).name}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from predictor.api import DEFAULT_ARTIFACT
+    from predictor.train import TrainConfig, fit, steps
+
+    prepared, _, meta = _prepare(args)
+    config = TrainConfig(seed=args.seed, **({"head": args.head} if args.head else {}))
+    with tqdm(total=steps(config), desc="train", unit="step") as bar:
+        model = fit(prepared, config, meta, progress=bar)
+    out = model.save(args.out or DEFAULT_ARTIFACT)
+    print(f"wrote {out} ({out.stat().st_size} bytes, head={config.head}, rows={len(prepared.log_y)})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bench.results import write_json
+    from predictor.api import load_path
+    from predictor.evaluate import cross_validate, latency, plot
+    from predictor.train import TrainConfig
+
+    artifact = load_path(args.model)
+    prepared, examples, meta = _prepare(args)
+    saved = artifact.meta.get("config", {})
+    head = args.head or saved.get("head", "stack")
+    config = TrainConfig(head=head, alpha=saved.get("alpha", TrainConfig.alpha), seed=args.seed)
+    heads = list(dict.fromkeys([h.strip() for h in args.candidates.split(",") if h.strip()] + [head]))
+    with tqdm(total=args.folds * len(heads), desc="cross-validate", unit="fit") as bar:
+        report = cross_validate(prepared, config, heads, folds=args.folds, progress=bar)
+    oof = report.pop("_oof")
+    report["chosen"] = head
+    report["latency"] = latency(artifact, [e.request for e in examples], seed=args.seed)
+    report["artifact"] = {"path": str(args.model or "default"), **{k: artifact.meta.get(k) for k in
+                                                                  ("tokenizer", "config", "rows", "data")}}
+    report["data"] = meta
+    out = write_json(args.json, report)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+    chosen = report["candidates"][head]
+    plot(*oof[head], f"{head}: tau={chosen['kendall_tau']:.3f}, MAE={chosen['mae']:.0f} tokens "
+                     f"({args.folds}-fold by prompt)", png)
+    base = report["baselines"]["per_model_median"]
+    for name, m in report["candidates"].items():
+        print(f"{name:8s} tau={m['kendall_tau']:.3f} spearman={m['spearman']:.3f} MAE={m['mae']:.1f} "
+              f"({m['mae'] / base['mae']:.2f}x per-model median) p90 calibration={m['p90_calibration']:.3f}")
+    for name, m in report["baselines"].items():
+        print(f"baseline {name}: tau={m['kendall_tau']:.3f} MAE={m['mae']:.1f}")
+    lat = report["latency"]
+    print(f"latency: single p50={lat['single_p50_us']:.0f}us p99={lat['single_p99_us']:.0f}us; batch of "
+          f"{lat['batch_size']} p50={lat['batch_p50_us']:.0f}us")
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import orjson
+
+    from predictor.api import load_path
+    from predictor.data import DataError, iter_json_rows, request_from_row
+
+    model = load_path(args.model)
+    try:
+        requests = [request_from_row(row) for row in iter_json_rows(args.input)]
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines = b"".join(orjson.dumps(p.to_dict()) + b"\n" for p in model.predict_batch(requests))
+    if args.output == "-":
+        sys.stdout.buffer.write(lines)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_bytes(lines)
+    return 0
+
