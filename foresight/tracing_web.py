@@ -23,7 +23,8 @@ from typing import Any
 from foresight import tracing
 
 _request_span: contextvars.ContextVar[Any] = contextvars.ContextVar("foresight_request_span", default=tracing.NOOP_SPAN)
-UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics", "/load", "/kv/blocks"})
+# Probes and scrapes (the gateway polls replicas' /v1/models and /load) would bury real requests in noise.
+UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics", "/load", "/kv/blocks", "/v1/models"})
 
 
 def outcome_of(status: int) -> str:
