@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 
+from gateway import reliability
 from gateway.config import GatewayConfig
 from gateway.routing.base import DEFAULT_POLICY, POLICIES, parse_options
 
@@ -50,6 +51,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     a("--hash-seed", default=D.hash_seed, help="block hash seed (same on gateway and replicas)")
     a("--sticky-epsilon", type=float, default=D.sticky_epsilon, help="sticky sessions' load bound (1+eps)")
     a("--access-log", action="store_true", help="log every request (costs throughput)")
+    reliability.add_flags(p)
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -69,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     )
     if args.gateway_id:
         cfg.gateway_id = args.gateway_id
+    cfg.reliability = reliability.from_args(args)
     return cfg
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from gateway.reliability import ReliabilityConfig
 from gateway.routing.base import DEFAULT_POLICY
 
 
@@ -49,3 +50,5 @@ class GatewayConfig:
     hash_seed: str = "foresight"
     sticky_epsilon: float = 0.25
     access_log: bool = False
+    # Hardening, shedding, mid-stream continuation (gateway/reliability.py)
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)

@@ -146,8 +146,11 @@ def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 def parse_chat(body: dict[str, Any], tokenizer: Any, forced: int | None) -> ParsedRequest:
     model = parse_model(body)
     messages = _chat_messages(body)
+    cont = _bool(body, "continue_final_message")  # vLLM's extension: go on with the final assistant message
+    if cont and messages[-1].get("role") != "assistant":
+        raise _bad("'continue_final_message' needs a final assistant message", "continue_final_message")
     try:
-        ids = tokenizer.apply_chat_template(messages)
+        ids = tokenizer.apply_chat_template(messages, **({"continue_final_message": True} if cont else {}))
     except Exception as exc:  # a template that rejects the conversation (raise_exception, bad roles)
         raise _bad(f"the chat template rejected the messages: {exc}", "messages") from exc
     sp, given = _sampling(body, forced)

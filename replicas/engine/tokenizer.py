@@ -62,8 +62,13 @@ class ReplicaTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
-    def render_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-        """The conversation rendered by the model's chat template, ending with the assistant prompt."""
+    def render_chat(self, messages: list[dict[str, Any]], continue_final_message: bool = False,
+                    **kwargs: Any) -> str:
+        """The conversation rendered by the model's chat template, ending with the assistant prompt.
+
+        ``continue_final_message`` (vLLM's extension, as transformers does it): no generation prompt, and the
+        rendering stops right after the final message's content, so generation continues that message.
+        """
         if self._template is None:
             if not self.chat_template:
                 raise ValueError("this model has no chat template; use /v1/completions")
@@ -73,8 +78,15 @@ class ReplicaTokenizer:
                                               extensions=["jinja2.ext.loopcontrols"])
             env.globals["raise_exception"] = _raise
             self._template = env.from_string(self.chat_template)
-        return self._template.render(messages=messages, add_generation_prompt=True,
+        text = self._template.render(messages=messages, add_generation_prompt=not continue_final_message,
                                      **{k: v for k, v in self.special_tokens.items() if v}, **kwargs)
+        final = messages[-1].get("content") if continue_final_message and messages else None
+        if isinstance(final, str):
+            for needle in (final, final.strip()):  # templates that trim content keep only the stripped text
+                end = text.rfind(needle) if needle else -1
+                if end >= 0:
+                    return text[:end + len(needle)]
+        return text
 
     def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
         return self.encode(self.render_chat(messages, **kwargs))

@@ -1,0 +1,84 @@
+"""Work-based load shedding: reject at once what would only wait, so that what is admitted stays fast.
+
+Count limits (``gateway.admission``) protect the gateway; they cannot tell whether a request will meet its latency
+target, because requests differ in work. This check predicts, for each candidate replica, how long the request
+would wait before its prefill starts, from the work already there (DESIGN.md sections 3 and 4):
+
+- ``slot_wait_s``: a replica runs at most ``ceiling`` requests at once (learned from its load reports: its
+  ``num_running`` whenever ``num_waiting`` > 0, i.e. when it was full). Beyond the ceiling the request queues
+  until ``excess`` running requests finish; with their remaining decode times spread over one predicted decode
+  time ``D`` (predicted output tokens in flight per request, from the estimator, times ``decode_step_ms``), the
+  k-th finishes after ``k * D / (ceiling + 1)``.
+- ``prefill_wait_s``: uncached prompt tokens dispatched ahead of it (the larger of the replica's report and every
+  gateway's accounting) over the replica's prefill rate.
+
+If the best candidate's predicted wait exceeds ``max_queue_delay``, the request is rejected in microseconds with
+503 ``overloaded`` and ``Retry-After`` (about when the wait would have ended), instead of queueing and then timing
+out. Replicas without a load report yet (or never seen full) are assumed to have room. ``max_queue_delay`` <= 0
+turns shedding off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter
+
+from foresight.errors import APIError
+from gateway.routing.base import ReplicaView, RequestView
+
+
+class OverloadShedder:
+    def __init__(self, max_queue_delay: float = 0.05, registry: CollectorRegistry | None = None,
+                 default_decode_step_s: float = 0.025, default_prefill_tps: float = 10000.0) -> None:
+        self.max_queue_delay = max_queue_delay
+        self.default_decode_step_s = default_decode_step_s
+        self.default_prefill_tps = default_prefill_tps
+        self.ceilings: dict[str, int] = {}
+        self.shed = Counter("foresight_gateway_shed_total", "Requests rejected by work-based load shedding",
+                            registry=registry) if registry is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_queue_delay > 0
+
+    def ceiling(self, r: ReplicaView) -> int | None:
+        """Concurrent requests the replica runs before queueing, as last observed (None: never seen full)."""
+        load = r.load
+        known = self.ceilings.get(r.id)
+        if load is not None:
+            running = int(load.get("num_running", 0) or 0)
+            if int(load.get("num_waiting", 0) or 0) > 0 and running > 0:
+                known = self.ceilings[r.id] = running
+            elif known is not None and running > known:
+                known = self.ceilings[r.id] = running
+        return known
+
+    def predicted_wait(self, request: RequestView, r: ReplicaView) -> float:
+        load = r.load or {}
+        step_s = float(load.get("decode_step_ms", 0) or 0) / 1000.0 or self.default_decode_step_s
+        prefill_tps = float(load.get("prefill_tokens_per_s", 0) or 0) or self.default_prefill_tps
+        ahead = max(r.expected_prefill_tokens, float(load.get("waiting_prompt_tokens", 0) or 0))
+        wait = ahead / prefill_tps
+        ceiling = self.ceiling(r)
+        inflight = max(r.inflight, int(load.get("num_running", 0) or 0) + int(load.get("num_waiting", 0) or 0))
+        if ceiling is not None and inflight + 1 > ceiling:
+            excess = inflight + 1 - ceiling
+            per_request = r.expected_decode_tokens / max(1, r.inflight) if r.inflight else request.output_p50
+            decode_s = max(per_request, 1.0) * step_s
+            wait += excess * decode_s / (ceiling + 1)
+        return wait
+
+    def check(self, request: RequestView, candidates: Sequence[ReplicaView]) -> float | None:
+        """Raise 503 ``overloaded`` when every candidate's predicted wait exceeds the limit; else the best wait."""
+        if not self.enabled or not candidates:
+            return None
+        best = min(self.predicted_wait(request, r) for r in candidates)
+        if best > self.max_queue_delay:
+            if self.shed is not None:
+                self.shed.inc()
+            raise APIError(503, f"the cluster is overloaded (predicted wait {best:.2f}s exceeds "
+                                f"{self.max_queue_delay:g}s); retry later", code="overloaded",
+                           retry_after=max(1.0, math.ceil(best - self.max_queue_delay)))
+        return best
