@@ -68,6 +68,9 @@ class OnlinePredictor:
     def predict_batch(self, requests: list[Request]) -> list[Prediction]:
         return self.predictor.predict_batch(requests)
 
+    def predict_features_batch(self, features: list[Features]) -> list[Prediction]:
+        return self.predictor.predict_features_batch(features)
+
     def observe(self, request: Request | Features | str, output_tokens: int, *, finished: bool = True) -> None:
         """Record a completed request's true output length. ``finished=False`` (stopped by ``max_tokens``, an
         error, or a disconnect) is ignored: its length is a lower bound, and would bias the model short."""
