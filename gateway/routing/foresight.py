@@ -48,6 +48,8 @@ class ForesightPolicy(RoutingPolicy):
         self.near_abs = float(o.get("near_abs", 0.005))
         self.alpha = float(o.get("rate_alpha", 0.2))
         self.use_output = o.get("use_output_estimate", "1") not in ("0", "false", "no")
+        self.work_weight = float(o.get("work_weight", 0.0))
+        self.report_weight = float(o.get("report_weight", 1.0))
         self.rng = random.Random(o.get("seed"))
         self.matcher = PrefixMatcher(ctx)
         self.rates: dict[str, _Rates] = {}
@@ -81,7 +83,7 @@ class ForesightPolicy(RoutingPolicy):
             used = 0.0
             capacity = self.kv_capacity_tokens
             if load is not None:
-                ahead = max(ahead, float(load.get("waiting_prompt_tokens", 0) or 0))
+                ahead = max(ahead, self.report_weight * float(load.get("waiting_prompt_tokens", 0) or 0))
                 bs = float(load.get("block_size", 16) or 16)
                 used = float(load.get("kv_blocks_used", 0) or 0) * bs
                 capacity = float(load.get("kv_blocks_total", 0) or 0) * bs or capacity
@@ -94,8 +96,9 @@ class ForesightPolicy(RoutingPolicy):
                 overflow = used + ahead + uncached + output - capacity
                 if overflow > 0:
                     kv_s = self._kv_wait(overflow, used, r, rates)
+            work_s = self.work_weight * prefill_s
             out[r.id] = {"queue_s": queue_s, "prefill_s": prefill_s, "kv_s": kv_s, "match": match,
-                         "ttft_s": queue_s + prefill_s + kv_s}
+                         "work_s": work_s, "ttft_s": queue_s + prefill_s + kv_s + work_s}
         return out
 
     @staticmethod

@@ -1,0 +1,236 @@
+"""The discrete-event loop: gateways (real policies, accounting, estimators) in front of ``SimReplica``s.
+
+Events on one virtual clock: request arrivals, replica step ends, and a periodic tick (every ``report_interval``)
+at which replicas' load reports reach the gateways and gateways exchange their in-flight counts and approximate
+index deltas (as ``StateSync`` and ``SharedApproxIndex`` do through the store, once per ~100 ms). Precise-mode
+indexes receive each step's KV events as numbered batches. Decision time is the wall time of ``policy.rank``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from bench.des.replica import SimReplica
+from bench.des.workload import prompt_text, prompt_tokens
+from bench.replay_client import Result
+from bench.traces import TraceRequest
+from foresight.hashing import block_ids
+from gateway.accounting import Ticket
+from gateway.estimator import HistoryEstimator, OutputEstimate
+from gateway.routing.base import InflightCounts, Outcome, PolicyContext, ReplicaView, RequestView, create_policy
+from replicas.runners.cost_model import profile
+
+
+@dataclass
+class SimConfig:
+    policy: str
+    replicas: int = 8
+    profile: str = "h100-llama8b"
+    options: dict[str, str] = field(default_factory=dict)
+    gateways: int = 1
+    report_interval: float = 0.1
+    estimator: str = "history"  # history | oracle | none
+    drain_s: float = 900.0  # after the last arrival, unfinished requests count as failed
+    kv_blocks: int | None = None
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+
+
+class OracleEstimator:
+    """The true output length as the estimate: an upper bound on what any predictor can add (never a product path)."""
+
+    def estimate(self, model: str, body: Any, prompt_text: str, prompt_tokens: int) -> OutputEstimate:
+        n = float(body["_true_output"])
+        return OutputEstimate(n, n, "oracle")
+
+    def observe(self, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class _Live:
+    req: TraceRequest
+    result: Result
+    view: RequestView
+    gateway: int
+    replica: int
+    ticket: Ticket
+    sent: float
+    first: float | None = None
+
+
+@dataclass
+class SimOutcome:
+    results: list[Result]
+    decision_s: list[float]
+    prefix_hit_rate: float | None
+    virtual_s: float
+    wall_s: float
+    preemptions: int
+    policy_stats: dict[str, Any]
+
+
+class Cluster:
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        cost = profile(cfg.profile)
+        self.replicas = [SimReplica(f"r{i}", cost, kv_blocks=cfg.kv_blocks, max_num_seqs=cfg.max_num_seqs,
+                                    max_batched_tokens=cfg.max_batched_tokens) for i in range(cfg.replicas)]
+        self.policies = []
+        self.views: list[list[ReplicaView]] = []
+        for g in range(cfg.gateways):
+            ctx = PolicyContext(f"gw{g}", options={"seed": str(g), **cfg.options})
+            self.policies.append(create_policy(cfg.policy, ctx))
+            self.views.append([ReplicaView(r.id, f"sim://{r.id}", ("sim",)) for r in self.replicas])
+        self.precise = [getattr(getattr(p, "matcher", None), "precise", None) for p in self.policies]
+        for idx in self.precise:
+            if idx is not None:
+                for r in self.replicas:
+                    idx.index.load_snapshot(r.id, [], seq=0, epoch="sim")
+        if cfg.estimator == "history":
+            self.estimators: list[Any] = [HistoryEstimator() for _ in range(cfg.gateways)]
+        elif cfg.estimator == "oracle":
+            self.estimators = [OracleEstimator() for _ in range(cfg.gateways)]
+        else:
+            raise ValueError(f"unknown estimator {cfg.estimator!r}")
+        self.heap: list[tuple[float, int, str, Any]] = []
+        self.n = 0
+        self.live: dict[str, _Live] = {}
+        self.decision_s: list[float] = []
+        self.results: list[Result] = []
+
+    def push(self, t: float, kind: str, data: Any) -> None:
+        self.n += 1
+        heapq.heappush(self.heap, (t, self.n, kind, data))
+
+    def _arrive(self, t: float, req: TraceRequest) -> None:
+        g = req.index % self.cfg.gateways
+        tokens = prompt_tokens(req) if req.prompt is None else list(req.prompt.encode())[: max(1, req.input_length)]
+        text = prompt_text(tokens) if req.prompt is None else req.prompt
+        body = {"_true_output": req.output_length}
+        est = self.estimators[g].estimate("sim", body, text, len(tokens))
+        view = RequestView(f"q{req.index}", "sim", "completions", text, body, None, len(tokens), est.p50, est.p90)
+        if self.precise[g] is not None:
+            view.scratch["prefix_keys"] = block_ids(tokens, 16)
+            view.scratch["prompt_token_count"] = len(tokens)
+        policy = self.policies[g]
+        t0 = time.perf_counter()
+        decision = policy.rank(view, self.views[g])
+        self.decision_s.append(time.perf_counter() - t0)
+        ri = int(decision.ranked[0][1:])
+        rv = self.views[g][ri]
+        ticket = Ticket(rv.local, float(view.scratch.get("uncached_prompt_tokens", view.prompt_tokens)), est.p50)
+        policy.on_dispatch(view, rv.id)
+        result = Result(req.index, req.arrival_s, len(tokens), req.output_length)
+        self.results.append(result)
+        self.live[view.request_id] = _Live(req, result, view, g, ri, ticket, t)
+        replica = self.replicas[ri]
+        replica.add(view.request_id, tokens, req.output_length)
+        if not replica.busy:
+            self._step(t, ri)
+
+    def _step(self, t: float, ri: int) -> None:
+        replica = self.replicas[ri]
+        duration = replica.begin_step()
+        for req in replica.unfit:
+            self._finish(t, self.live.pop(req.request_id), ok=False)
+        replica.unfit.clear()
+        if duration is not None:
+            self.push(t + duration, "step", ri)
+
+    def _finish(self, t: float, live: _Live, ok: bool, cached: int = 0) -> None:
+        res = live.result
+        live.ticket.release()
+        out = Outcome(ok=ok, first_token=live.first is not None, output_tokens=res.output_tokens if ok else None,
+                      prompt_tokens=res.input_length, cached_tokens=cached)
+        self.policies[live.gateway].on_complete(live.view, self.replicas[live.replica].id, out)
+        if ok:
+            res.status = "ok"
+            res.e2e = t - live.sent
+            res.tpot = (t - live.first) / (res.output_tokens - 1) if res.output_tokens > 1 else 0.0
+            self.estimators[live.gateway].observe("sim", live.view.body, live.view.prompt_text,
+                                                  live.view.prompt_tokens, res.output_tokens)
+        else:
+            res.error = "unfittable or unfinished"
+
+    def _step_end(self, t: float, ri: int) -> None:
+        replica = self.replicas[ri]
+        step = replica.end_step()
+        for req in step.first_tokens:
+            live = self.live[req.request_id]
+            live.first = t
+            live.result.ttft = t - live.sent
+            live.ticket.first_token()
+            self.policies[live.gateway].on_first_token(live.view, replica.id)
+        for req in step.finished:
+            live = self.live.pop(req.request_id)
+            live.result.output_tokens = req.num_output_tokens
+            self._finish(t, live, ok=True, cached=req.num_cached_tokens)
+        if step.events:
+            for idx in self.precise:
+                if idx is not None:
+                    idx.index.apply_batch(replica.id, replica.seq, step.events, epoch="sim")
+        self._step(t, ri)
+
+    def _tick(self, t: float) -> None:
+        reports = [r.load_report(t) for r in self.replicas]
+        for views in self.views:
+            for v, rep in zip(views, reports, strict=True):
+                v.load = rep
+        if self.cfg.gateways > 1:
+            for g, views in enumerate(self.views):
+                for i, v in enumerate(views):
+                    remote = InflightCounts()
+                    for h in range(self.cfg.gateways):
+                        if h != g:
+                            remote.add(self.views[h][i].local)
+                    v.remote = remote
+            messages = []
+            for p in self.policies:
+                shared = getattr(getattr(p, "matcher", None), "shared", None)
+                if shared is not None and shared.pending:
+                    messages.append(orjson.dumps({"gw": shared.gateway_id, "d": shared.pending}))
+                    shared.pending = []
+            for p in self.policies:
+                shared = getattr(getattr(p, "matcher", None), "shared", None)
+                for m in messages:
+                    if shared is not None:
+                        shared.apply(m)
+
+    def run(self, reqs: Sequence[TraceRequest]) -> SimOutcome:
+        wall0 = time.perf_counter()
+        for r in reqs:
+            self.push(r.arrival_s, "arrive", r)
+        pending = len(reqs)
+        end = (reqs[-1].arrival_s if reqs else 0.0) + self.cfg.drain_s
+        self.push(0.0, "tick", None)
+        t = 0.0
+        while self.heap:
+            t, _, kind, data = heapq.heappop(self.heap)
+            if t > end:
+                break
+            if kind == "arrive":
+                pending -= 1
+                self._arrive(t, data)
+            elif kind == "step":
+                self._step_end(t, data)
+            else:
+                self._tick(t)
+                if pending or self.live:
+                    self.push(t + self.cfg.report_interval, "tick", None)
+        for live in list(self.live.values()):
+            self._finish(t, live, ok=False)
+        self.live.clear()
+        prompt = sum(r.prompt_tokens for r in self.replicas)
+        cached = sum(r.cached_tokens for r in self.replicas)
+        matcher = getattr(self.policies[0], "matcher", None)
+        stats: dict[str, Any] = dict(matcher.stats()) if matcher is not None else {}
+        return SimOutcome(sorted(self.results, key=lambda r: r.index), self.decision_s,
+                          cached / prompt if prompt else None, t, time.perf_counter() - wall0,
+                          sum(r.preemptions for r in self.replicas), stats)
