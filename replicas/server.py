@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from foresight import tracing_web
 from foresight.errors import APIError, http_response, sse_error_event
 from replicas.engine.engine import Engine, RequestOutput
 from replicas.load_report import LoadPublisher
@@ -50,6 +51,9 @@ class ReplicaServer:
         app.router.add_get("/kv/blocks", self.kv_blocks)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
+        # Tracing (OTEL_* env): a span per API request plus the engine's queue/prefill/decode phases; off = no-op.
+        tracing_web.install(app, "foresight-replica", self.cfg.replica_id)
+        tracing_web.watch_engine(engine)
         self.app = app
 
     async def _startup(self, _app: web.Application) -> None:
@@ -133,6 +137,7 @@ class ReplicaServer:
         if not parsed.max_tokens_given:
             parsed.sampling.max_tokens = max(1, self.engine.max_model_len - len(parsed.prompt_token_ids))
         rid = self.engine.add_request(parsed.prompt_token_ids, parsed.sampling)
+        tracing_web.bind_engine_request(rid)
         headers = {"X-Request-Id": rid, "X-Foresight-Replica": self.cfg.replica_id}
         prefix = "chatcmpl-" if chat else "cmpl-"
         if parsed.stream:
@@ -176,6 +181,12 @@ class ReplicaServer:
                     "choices": [choice], **usage_null}
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
+        # The per-token chunk, pre-rendered around its text (the hot path of a stream).
+        head, _, tail = chunk("\x00", None).partition(orjson.dumps("\x00"))
+
+        def text_chunk(text: str) -> bytes:
+            return head + orjson.dumps(text) + tail
+
         if chat:
             await resp.write(chunk(None, None, role=True))
         last: RequestOutput | None = None
@@ -186,8 +197,10 @@ class ReplicaServer:
                     await resp.write(sse_error_event(APIError(500, last.error or "generation failed")))
                     return resp
                 text = "".join(o.new_text for o in outs)
-                if text or last.finished:
-                    await resp.write(chunk(text, last.finish_reason if last.finished else None))
+                if last.finished:
+                    await resp.write(chunk(text, last.finish_reason))
+                elif text:
+                    await resp.write(text_chunk(text))
         if parsed.include_usage and last is not None:
             data = {"id": cid, "object": obj, "created": created, "model": self.cfg.model_name, "choices": [],
                     "usage": _usage(last)}

@@ -174,7 +174,8 @@ class BlockPool:
             table.append(b)
         if removed:
             self.events.append(BlockRemoved(removed))
-        req.block_ids = [b.idx for b in table]
+        if need or prefix or len(req.block_ids) != len(table):
+            req.block_ids = [b.idx for b in table]
         return True
 
     def cache_full_blocks(self, req: Request) -> None:

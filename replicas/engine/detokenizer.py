@@ -24,6 +24,9 @@ class Decoder(Protocol):
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Decoder, prompt_token_ids: Sequence[int], stop: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
+        factory = getattr(tokenizer, "decode_stream", None)
+        # Fast path: the tokenizer's own incremental decoder (one native call per token).
+        self._step = factory(list(prompt_token_ids[-_CONTEXT_TOKENS:])) if factory is not None else None
         self.ids: list[int] = list(prompt_token_ids[-_CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
@@ -34,6 +37,13 @@ class IncrementalDetokenizer:
 
     def add(self, token_id: int) -> str | None:
         """Append one token; returns the stop string it completed, if any."""
+        if self._step is not None:
+            piece = self._step(token_id)
+            if not piece:
+                return None
+            start = len(self.text)
+            self.text += piece
+            return self._find_stop(start)
         self.ids.append(token_id)
         prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
         new_text = self.tokenizer.decode(self.ids[self.prefix_offset :])

@@ -71,12 +71,32 @@ class EngineListener(Protocol):
 
 
 class _Handle:
-    __slots__ = ("req", "queue", "detok")
+    """A request's mailbox: the step loop pushes outputs, one reader takes all that is ready (cheaper than an
+    asyncio.Queue on the per-token path)."""
+
+    __slots__ = ("req", "outputs", "waiter", "detok")
 
     def __init__(self, req: Request, detok: IncrementalDetokenizer | None) -> None:
         self.req = req
-        self.queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self.outputs: list[RequestOutput] = []
+        self.waiter: asyncio.Future[None] | None = None
         self.detok = detok
+
+    def push(self, out: RequestOutput) -> None:
+        self.outputs.append(out)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[RequestOutput]:
+        while not self.outputs:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        outs, self.outputs = self.outputs, []
+        return outs
 
 
 class Engine:
@@ -130,7 +150,7 @@ class Engine:
         if n == 0:
             raise APIError(400, "the prompt is empty", param="prompt")
         vocab = getattr(self.tokenizer, "vocab_size", None)
-        if vocab is not None and any(not 0 <= t < vocab for t in prompt):
+        if vocab is not None and (min(prompt) < 0 or max(prompt) >= vocab):
             raise APIError(400, f"prompt token ids must lie in [0, {vocab})", param="prompt")
         if n >= self.max_model_len:
             raise APIError(400, f"this model's maximum context length is {self.max_model_len} tokens, but the "
@@ -167,9 +187,7 @@ class Engine:
         finished = False
         try:
             while not finished:
-                outs = [await handle.queue.get()]
-                while not handle.queue.empty():
-                    outs.append(handle.queue.get_nowait())
+                outs = await handle.take()
                 finished = outs[-1].finished
                 yield outs
         finally:
@@ -247,13 +265,18 @@ class Engine:
             self.publisher.emit(self.pool.drain_events())
 
     def _process(self, chunks: list[Any], tokens: list[int | None]) -> None:
+        """Advance each request by its chunk; append sampled tokens; stop or stream them. The per-token path:
+        kept lean because at scale it is most of the host work of a step."""
         now = time.monotonic()
+        bs = self.pool.block_size
         for chunk, tok in zip(chunks, tokens, strict=True):
             req: Request = chunk.request
-            if req.is_finished:  # aborted while its step ran
+            if req.status is not RequestStatus.RUNNING:  # aborted while its step ran
                 continue
-            req.num_computed_tokens += chunk.num_new_tokens
-            self.pool.cache_full_blocks(req)
+            before = req.num_computed_tokens
+            after = req.num_computed_tokens = before + chunk.num_new_tokens
+            if after // bs != before // bs:  # a block filled up: register it in the prefix cache
+                self.pool.cache_full_blocks(req)
             if tok is None:
                 continue
             handle = self._handles[req.request_id]
@@ -266,18 +289,19 @@ class Engine:
                 self._finish(handle, status, new_token=tok)
             else:
                 text = handle.detok.take(False) if handle.detok else ""
-                handle.queue.put_nowait(RequestOutput(req.request_id, [tok], text, num_prompt_tokens=req.num_prompt_tokens,
-                                                      num_cached_tokens=req.num_cached_tokens,
-                                                      num_output_tokens=req.num_output_tokens))
+                handle.push(RequestOutput(req.request_id, [tok], text, False, None, len(req.prompt_token_ids),
+                                          req.num_cached_tokens, len(req.output_token_ids)))
 
     def _stop_reason(self, handle: _Handle, tok: int) -> str | None:
         req, sp = handle.req, handle.req.sampling
         stop_str = handle.detok.add(tok) if handle.detok else None
-        if (tok in self.eos_ids and not sp.ignore_eos) or tok in sp.stop_token_ids or stop_str is not None:
+        if (tok in self.eos_ids and not sp.ignore_eos) or stop_str is not None or (
+                sp.stop_token_ids and tok in sp.stop_token_ids):
             return "stop"
-        if sp.forced_output_tokens is not None and req.num_output_tokens >= sp.forced_output_tokens:
+        n_out = len(req.output_token_ids)
+        if sp.forced_output_tokens is not None and n_out >= sp.forced_output_tokens:
             return "stop"
-        if req.num_output_tokens >= sp.max_tokens or req.num_tokens >= self.max_model_len:
+        if n_out >= sp.max_tokens or n_out + len(req.prompt_token_ids) >= self.max_model_len:
             return "length"
         return None
 
@@ -295,7 +319,7 @@ class Engine:
         else:
             self.runner.release(req.request_id)
         text = handle.detok.take(True) if handle.detok and status != RequestStatus.FINISHED_ABORTED else ""
-        handle.queue.put_nowait(RequestOutput(
+        handle.push(RequestOutput(
             req.request_id, [new_token] if new_token is not None else [], text, True, req.finish_reason,
             req.num_prompt_tokens, req.num_cached_tokens, req.num_output_tokens, error))
         del self._handles[req.request_id]

@@ -90,7 +90,9 @@ class Scheduler:
                 out.unfittable.append(req)
                 continue
             scheduled = True
-            while not self.pool.allocate(req, num_new):
+            # Fast path: a decode step inside the request's last block needs no allocation.
+            fits = num_new == 1 and req.num_computed_tokens < len(req.block_ids) * bs
+            while not fits and not self.pool.allocate(req, num_new):
                 victim = self.running.pop()  # newest; always at or after i
                 self._preempt(victim)
                 out.preempted.append(victim)

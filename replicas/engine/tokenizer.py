@@ -4,17 +4,20 @@ starts in about a second.
 
 Contract (what the engine and the server rely on; an HF tokenizer can be wrapped with ``from_hf``):
 ``encode(text) -> ids`` (no special tokens added), ``decode(ids) -> str`` (special tokens skipped),
-``render_chat(messages) -> str`` (with the generation prompt), ``eos_token_ids``, ``special_token_ids``.
+``render_chat(messages) -> str`` (with the generation prompt), ``eos_token_ids``, ``special_token_ids``, and
+optionally ``decode_stream(context_ids)`` (the detokenizer's fast path).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers.decoders import DecodeStream
 
 
 def _token_text(value: Any) -> str | None:
@@ -61,6 +64,12 @@ class ReplicaTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def decode_stream(self, context_ids: Sequence[int]) -> Callable[[int], str | None]:
+        """An incremental decoder (Rust ``DecodeStream``) primed with ``context_ids``: call it with each new
+        token; it returns the new text, or None while a character is incomplete."""
+        stream = DecodeStream(ids=list(context_ids), skip_special_tokens=True)
+        return partial(stream.step, self._tok)
 
     def render_chat(self, messages: list[dict[str, Any]], continue_final_message: bool = False,
                     **kwargs: Any) -> str:

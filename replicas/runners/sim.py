@@ -4,9 +4,10 @@ Each step waits (asynchronously, the event loop stays free) for ``CostModel.step
 batch, then returns one token per sampling chunk. Timing holds under load because the runner keeps a
 virtual GPU clock: a busy step starts where the previous one ended (not when the engine got round to calling
 it), so host work between steps and event-loop wake-up lateness are absorbed instead of accumulating, up to
-``max_lag_s``; beyond that (the host cannot keep up) the clock resets to the wall clock and the lateness
+``max_lag_s`` (50 ms); beyond that (the host cannot keep up) the clock resets to the wall clock and the lateness
 becomes real (counted in ``lag_resets``). The engine calls ``on_idle`` when it runs out of work, so an idle
-gap is never credited to the next step.
+gap is never credited to the next step; the first step after idle starts at the arrival of its earliest
+request, but never earlier than ``overhead_s`` before the call (host work inside the modelled overhead).
 
 Output: a request emits tokens of a fixed text corpus from a random offset; it ends with EOS after a
 log-normal number of tokens (mean ``sim_output_mean``), unless ``ignore_eos``. The engine stops it exactly
@@ -60,7 +61,7 @@ class SimRunner(ModelRunner):
 
     def __init__(self, cost: CostModel, tokenizer: ReplicaTokenizer, *, kv_blocks: int | None = None,
                  kv_cache_memory: int | None = None, output_mean: float = 256.0, output_sigma: float = 0.8,
-                 seed: int = 0, max_lag_s: float = 0.02, profile_name: str = "") -> None:
+                 seed: int = 0, max_lag_s: float = 0.05, profile_name: str = "") -> None:
         self.cost = cost
         self.tokenizer = tokenizer
         self.profile_name = profile_name
@@ -113,9 +114,13 @@ class SimRunner(ModelRunner):
         chunks = [(c.request.num_computed_tokens, c.num_new_tokens, c.sample) for c in batch.chunks]
         duration = self.cost.step_time(chunks)
         now = time.monotonic()
-        if self._clock is None or now - self._clock > self.max_lag_s:
-            if self._clock is not None:
-                self.lag_resets += 1
+        if self._clock is None:
+            # From idle: the host work since the earliest arrival (parsing, hashing, scheduling) counts as part
+            # of the modelled per-step overhead, up to that overhead.
+            arrival = min(c.request.arrival_time for c in batch.chunks)
+            start = max(now - self.cost.overhead_s, min(now, arrival))
+        elif now - self._clock > self.max_lag_s:
+            self.lag_resets += 1
             start = now
         else:
             start = max(self._clock, now - self.max_lag_s)
