@@ -1,9 +1,9 @@
 """Reading replicas' Prometheus ``/metrics`` for benchmarks: counter snapshots and the prefix-cache hit rate.
 
 The hit rate over a replay is the ratio of two counter deltas summed over replicas: prompt tokens served from the
-prefix cache over prompt tokens looked up. Counters are matched by name (``foresight_replica_prefix_cache_hit_*``
-over ``foresight_replica_prefix_cache_query_*`` style names) so a renamed counter fails loudly (None) rather
-than silently reading something else.
+prefix cache (``foresight_replica_prefix_hit_tokens_total``) over prompt tokens of admitted requests
+(``foresight_replica_prompt_tokens_total``); vLLM-style ``*prefix_cache_hits*``/``*prefix_cache_queries*``
+counters are read when ours are absent. A missing counter gives None, never a number read from something else.
 """
 
 from __future__ import annotations
@@ -36,20 +36,20 @@ async def scrape_all(urls: Sequence[str]) -> dict[str, dict[str, float]]:
     return {u: p for u, p in zip(urls, pages, strict=True) if isinstance(p, dict)}
 
 
-def _pick(names: Sequence[str], *needles: str) -> str | None:
-    for name in sorted(names):
-        if "prefix" in name and all(n in name for n in needles):
-            return name
-    return None
+HIT_NAMES = ("foresight_replica_prefix_hit_tokens_total", "vllm:prefix_cache_hits_total")
+QUERY_NAMES = ("foresight_replica_prompt_tokens_total", "vllm:prefix_cache_queries_total")
+
+
+def _first(page: Mapping[str, float], names: Sequence[str]) -> str | None:
+    return next((n for n in names if n in page), None)
 
 
 def prefix_hit_rate(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]],
                     ) -> float | None:
-    """Cached / queried prompt tokens over the interval, all replicas together; None without such counters."""
+    """Cached / admitted prompt tokens over the interval, all replicas together; None without such counters."""
     hits = queries = 0.0
     for url, page in after.items():
-        hit_name = _pick(list(page), "hit")
-        query_name = _pick(list(page), "quer") or _pick(list(page), "lookup")
+        hit_name, query_name = _first(page, HIT_NAMES), _first(page, QUERY_NAMES)
         if hit_name is None or query_name is None:
             continue
         prev = before.get(url, {})

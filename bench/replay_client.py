@@ -110,9 +110,13 @@ async def send_one(session: aiohttp.ClientSession, base: str, p: Prepared, t0: f
         return res
 
 
-async def run_open_loop(base: str, prepared: Sequence[Prepared], timeout: float = 600.0,
+async def run_open_loop(base: str | Sequence[str], prepared: Sequence[Prepared], timeout: float = 600.0,
                         progress: bool = False) -> tuple[list[Result], float]:
-    """Send every request at ``t0 + arrival_s``; returns the results (in index order) and the wall time."""
+    """Send every request at ``t0 + arrival_s``; returns the results (in index order) and the wall time.
+
+    With several base URLs (several gateways), request ``i`` goes to ``base[i % n]``.
+    """
+    bases = [base] if isinstance(base, str) else list(base)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     results: list[Result] = []
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -123,7 +127,7 @@ async def run_open_loop(base: str, prepared: Sequence[Prepared], timeout: float 
             delay = t0 + p.arrival_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(loop.create_task(send_one(session, base, p, t0, timeout)))
+            tasks.append(loop.create_task(send_one(session, bases[len(tasks) % len(bases)], p, t0, timeout)))
         if progress:
             print(f"replay: all {len(tasks)} requests sent after {time.perf_counter() - t0:.1f}s", flush=True)
         results = list(await asyncio.gather(*tasks))

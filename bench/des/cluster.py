@@ -40,6 +40,7 @@ class SimConfig:
     kv_blocks: int | None = None
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
+    block_size: int = 16
 
 
 class OracleEstimator:
@@ -80,12 +81,13 @@ class Cluster:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         cost = profile(cfg.profile)
-        self.replicas = [SimReplica(f"r{i}", cost, kv_blocks=cfg.kv_blocks, max_num_seqs=cfg.max_num_seqs,
-                                    max_batched_tokens=cfg.max_batched_tokens) for i in range(cfg.replicas)]
+        self.replicas = [SimReplica(f"r{i}", cost, block_size=cfg.block_size, kv_blocks=cfg.kv_blocks,
+                                    max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens)
+                         for i in range(cfg.replicas)]
         self.policies = []
         self.views: list[list[ReplicaView]] = []
         for g in range(cfg.gateways):
-            ctx = PolicyContext(f"gw{g}", options={"seed": str(g), **cfg.options})
+            ctx = PolicyContext(f"gw{g}", options={"seed": str(g), **cfg.options}, block_size=cfg.block_size)
             self.policies.append(create_policy(cfg.policy, ctx))
             self.views.append([ReplicaView(r.id, f"sim://{r.id}", ("sim",)) for r in self.replicas])
         self.precise = [getattr(getattr(p, "matcher", None), "precise", None) for p in self.policies]
@@ -117,7 +119,7 @@ class Cluster:
         est = self.estimators[g].estimate("sim", body, text, len(tokens))
         view = RequestView(f"q{req.index}", "sim", "completions", text, body, None, len(tokens), est.p50, est.p90)
         if self.precise[g] is not None:
-            view.scratch["prefix_keys"] = block_ids(tokens, 16)
+            view.scratch["prefix_keys"] = block_ids(tokens, self.cfg.block_size)
             view.scratch["prompt_token_count"] = len(tokens)
         policy = self.policies[g]
         t0 = time.perf_counter()
