@@ -151,6 +151,9 @@ def make_middleware(cfg: HardeningConfig, watch: IdleWatch) -> Callable[[web.Req
             if rid is not None and not _REQUEST_ID.fullmatch(rid):
                 raise APIError(400, "X-Request-Id must be 1-128 printable ASCII characters", param="X-Request-Id",
                                code="invalid_header")
+            clean = sanitised_headers(request)
+            if clean is not None:
+                request = request.clone(headers=clean)  # before the body is read: aiohttp clones only then
             if request.method == "POST" and request.body_exists:
                 try:
                     await asyncio.wait_for(request.read(), cfg.body_timeout)  # cached for the handler
@@ -159,9 +162,6 @@ def make_middleware(cfg: HardeningConfig, watch: IdleWatch) -> Callable[[web.Req
                                    code="body_timeout") from None
                 except web.HTTPRequestEntityTooLarge:
                     raise APIError(413, "request body too large", code="body_too_large") from None
-            clean = sanitised_headers(request)
-            if clean is not None:
-                request = request.clone(headers=clean)
         except APIError as e:
             return http_response(e)
         transport = request.transport

@@ -4,11 +4,11 @@ Count limits (``gateway.admission``) protect the gateway; they cannot tell wheth
 target, because requests differ in work. This check predicts, for each candidate replica, how long the request
 would wait before its prefill starts, from the work already there (DESIGN.md sections 3 and 4):
 
-- ``slot_wait_s``: a replica runs at most ``ceiling`` requests at once (learned from its load reports: its
-  ``num_running`` whenever ``num_waiting`` > 0, i.e. when it was full). Beyond the ceiling the request queues
+- ``slot_wait_s``: a replica runs at most ``ceiling`` requests at once (its reported ``max_num_seqs``, lowered to
+  its ``num_running`` whenever ``num_waiting`` > 0, i.e. when it was full before that, e.g. on KV). Beyond the ceiling the request queues
   until ``excess`` running requests finish; with their remaining decode times spread over one predicted decode
   time ``D`` (predicted output tokens in flight per request, from the estimator, times ``decode_step_ms``), the
-  k-th finishes after ``k * D / (ceiling + 1)``.
+  k-th finishes after about ``k * D / ceiling`` (a tail rather than a mean estimate).
 - ``prefill_wait_s``: uncached prompt tokens dispatched ahead of it (the larger of the replica's report and every
   gateway's accounting) over the replica's prefill rate.
 
@@ -44,16 +44,28 @@ class OverloadShedder:
         return self.max_queue_delay > 0
 
     def ceiling(self, r: ReplicaView) -> int | None:
-        """Concurrent requests the replica runs before queueing, as last observed (None: never seen full)."""
+        """Concurrent requests the replica runs before queueing (None: unknown, assume room).
+
+        The replica's declared ``max_num_seqs`` (our replicas report it) bounds it; what it ran while requests
+        waited (KV full before the sequence limit) lowers it; more running than that raises it again.
+        """
         load = r.load
-        known = self.ceilings.get(r.id)
+        learned = self.ceilings.get(r.id)
+        declared = None
         if load is not None:
+            declared = int(load.get("max_num_seqs", 0) or 0) or None
             running = int(load.get("num_running", 0) or 0)
-            if int(load.get("num_waiting", 0) or 0) > 0 and running > 0:
-                known = self.ceilings[r.id] = running
-            elif known is not None and running > known:
-                known = self.ceilings[r.id] = running
-        return known
+            total = float(load.get("kv_blocks_total", 0) or 0)
+            kv_full = total > 0 and float(load.get("kv_blocks_used", 0) or 0) >= 0.9 * total
+            # A request waits for one scheduler step even with room; with a declared limit, only a full KV
+            # cache says the real ceiling is lower.
+            if int(load.get("num_waiting", 0) or 0) > 0 and running > 0 and (declared is None or kv_full):
+                learned = self.ceilings[r.id] = running
+            elif learned is not None and running > learned:
+                learned = self.ceilings[r.id] = running
+        if learned is not None and declared is not None:
+            return min(learned, declared)
+        return learned if learned is not None else declared
 
     def predicted_wait(self, request: RequestView, r: ReplicaView) -> float:
         load = r.load or {}
@@ -62,12 +74,15 @@ class OverloadShedder:
         ahead = max(r.expected_prefill_tokens, float(load.get("waiting_prompt_tokens", 0) or 0))
         wait = ahead / prefill_tps
         ceiling = self.ceiling(r)
-        inflight = max(r.inflight, int(load.get("num_running", 0) or 0) + int(load.get("num_waiting", 0) or 0))
+        # Every gateway's own counts (DESIGN.md 4) are current; the report's are up to a probe interval old.
+        inflight = r.inflight
         if ceiling is not None and inflight + 1 > ceiling:
             excess = inflight + 1 - ceiling
             per_request = r.expected_decode_tokens / max(1, r.inflight) if r.inflight else request.output_p50
             decode_s = max(per_request, 1.0) * step_s
-            wait += excess * decode_s / (ceiling + 1)
+            # The k-th of ``ceiling`` running requests to finish: about k/ceiling of a decode time (the tail of
+            # the wait, not its mean k/(ceiling+1): the latency target is a percentile).
+            wait += excess * decode_s / ceiling
         return wait
 
     def check(self, request: RequestView, candidates: Sequence[ReplicaView]) -> float | None:

@@ -34,7 +34,8 @@ class EventRecorder:
     def feed(self, chunk: bytes) -> bytes:
         """The complete events in ``pending + chunk`` (to write to the client now); the rest is held back."""
         data = self.pending + chunk if self.pending else chunk
-        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
         if cut == 0:
             self.pending = data
             if len(data) > 1024 * 1024:  # no event boundary in 1 MiB: not SSE as we know it; stop holding back
