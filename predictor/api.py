@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from predictor.model import Predictor, load
+from predictor.model import DEFAULT_ARTIFACT, Predictor, load, load_default
+from predictor.online import OnlinePredictor
+from predictor.store import open_store
 
-DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default.json.gz"
+__all__ = ["DEFAULT_ARTIFACT", "load_default", "load_online", "load_path"]
 
 
-def load_default() -> Predictor:
-    """The artifact shipped in the package (rebuild: see docs/predictor.md)."""
-    return load(DEFAULT_ARTIFACT)
+def load_online(path: str | Path | None = None, *, redis_url: str | None = None, store_path: str | None = None,
+                prefix: str = "foresight:") -> OnlinePredictor:
+    """A predictor that learns from ``observe``: the artifact at ``path`` (default: the shipped one), with what was
+    observed before kept in Redis (``redis_url``, shared by gateways) or in a file (``store_path``), or in memory
+    only when neither is given. Call ``close()`` on shutdown to persist the last observations."""
+    return OnlinePredictor(load_path(path), open_store(store_path, redis_url, prefix))
 
 
 def load_path(path: str | Path | None = None) -> Predictor:

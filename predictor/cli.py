@@ -113,7 +113,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, m in report["baselines"].items():
         print(f"baseline {name}: tau={m['kendall_tau']:.3f} MAE={m['mae']:.1f}")
     lat = report["latency"]
-    print(f"latency: single p50={lat['single_p50_us']:.0f}us p99={lat['single_p99_us']:.0f}us; batch of "
+    print(f"latency: single p50={lat['single_p50_us']:.0f}us p99={lat['single_p99_us']:.0f}us (CPU time p99="
+          f"{lat['single_cpu_p99_us']:.0f}us, load {lat['loadavg'][0]:.1f}); batch of "
           f"{lat['batch_size']} p50={lat['batch_p50_us']:.0f}us")
     print(f"wrote {out} and {png}")
     return 0

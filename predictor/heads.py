@@ -98,8 +98,8 @@ class StackHead:
     params: ClassVar[dict[str, Any]] = {"learning_rate": 0.05, "max_depth": 3, "min_samples_leaf": 40,
                                          "early_stopping": False}
 
-    def __init__(self, p50: TreeEnsemble, p90: TreeEnsemble) -> None:
-        self.p50, self.p90 = p50, p90
+    def __init__(self, trees: TreeEnsemble) -> None:
+        self.trees = trees  # two outputs: p50 then p90
 
     @classmethod
     def fit(cls, Z: np.ndarray, log_y: np.ndarray, seed: int, trees: int = 150) -> StackHead:
@@ -108,17 +108,18 @@ class StackHead:
         fitted = [HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=trees, random_state=seed,
                                                 **cls.params)
                   .fit(Z, log_y - Z[:, COL_MEAN]) for q in (0.5, 0.9)]
-        return cls(*(TreeEnsemble.from_sklearn(m) for m in fitted))
+        return cls(TreeEnsemble.from_sklearn(fitted))
 
     def predict_log(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return Z[:, COL_MEAN] + self.p50.predict(Z), Z[:, COL_MEAN] + self.p90.predict(Z)
+        out = self.trees.predict(Z)
+        return Z[:, COL_MEAN] + out[:, 0], Z[:, COL_MEAN] + out[:, 1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"p50": self.p50.to_dict(), "p90": self.p90.to_dict()}
+        return {"trees": self.trees.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StackHead:
-        return cls(TreeEnsemble.from_dict(d["p50"]), TreeEnsemble.from_dict(d["p90"]))
+        return cls(TreeEnsemble.from_dict(d["trees"]))
 
 
 HEADS: dict[str, type[Head]] = {h.name: h for h in (RidgeHead, BucketHead, StackHead)}  # type: ignore[misc]

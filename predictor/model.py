@@ -25,6 +25,7 @@ from predictor.text import TextScorer
 
 ARTIFACT_VERSION = 1
 ARTIFACT_KIND = "foresight-predictor"
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default.json.gz"
 REBUILD_HINT = "rebuild it with `foresight predictor train` (see docs/predictor.md)"
 
 
@@ -116,6 +117,11 @@ def load(path: str | Path) -> Predictor:
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} is not a Foresight predictor artifact")
     return Predictor.from_dict(data, source=str(path))
+
+
+def load_default() -> Predictor:
+    """The artifact shipped in the package (rebuild: ``foresight predictor train``, see docs/predictor.md)."""
+    return load(DEFAULT_ARTIFACT)
 
 
 def _clamp(log_p50: float, log_p90: float, max_tokens: int | None) -> Prediction:

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -71,13 +72,19 @@ class OnlinePredictor:
     def predict_features_batch(self, features: list[Features]) -> list[Prediction]:
         return self.predictor.predict_features_batch(features)
 
-    def observe(self, request: Request | Features | str, output_tokens: int, *, finished: bool = True) -> None:
-        """Record a completed request's true output length. ``finished=False`` (stopped by ``max_tokens``, an
-        error, or a disconnect) is ignored: its length is a lower bound, and would bias the model short."""
+    def observe(self, request: Request | Features | str | None = None, output_tokens: int | None = None, *,
+                model: str | None = None, body: Mapping[str, Any] | None = None, finished: bool = True) -> None:
+        """Record a completed request's true output length, O(1). The request is a ``Request``, ``Features``, or
+        just its model name (``request`` or ``model=``; ``body`` is accepted for the gateway's estimator protocol
+        and unused: the statistics learned online are per model). ``finished=False`` (cut by ``max_tokens``, an
+        error, a disconnect) is ignored: that length is only a lower bound and would bias the model short."""
         if not finished or output_tokens is None or output_tokens < 0:
             return
-        model = request if isinstance(request, str) else request.model
-        self._queue.put((model, int(output_tokens)))
+        name = model if model is not None else request if isinstance(request, str) or request is None \
+            else request.model
+        if name is None:
+            raise ValueError("observe needs a request or a model name")
+        self._queue.put((str(name), int(output_tokens)))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every observation made before this call is in the served statistics."""

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import gzip
 import subprocess
-from dataclasses import replace
 import sys
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -102,5 +102,11 @@ def test_tree_ensemble_matches_sklearn():
     rng = np.random.default_rng(0)
     X = rng.random((400, 5))
     y = 3 * X[:, 0] + (X[:, 1] > 0.5) + rng.random(400) * 0.1
-    model = HistGradientBoostingRegressor(loss="quantile", quantile=0.9, max_iter=30, max_depth=3).fit(X, y)
-    np.testing.assert_allclose(TreeEnsemble.from_sklearn(model).predict(X), model.predict(X), rtol=1e-9)
+    models = [HistGradientBoostingRegressor(loss="quantile", quantile=q, max_iter=30, max_depth=d).fit(X, y)
+              for q, d in ((0.5, 3), (0.9, 4))]
+    trees = TreeEnsemble.from_dict(TreeEnsemble.from_sklearn(models).to_dict())
+    got = trees.predict(X)
+    assert got.shape == (400, 2) and trees.depth == 4
+    for k, model in enumerate(models):
+        np.testing.assert_allclose(got[:, k], model.predict(X), rtol=1e-9)
+    np.testing.assert_allclose(trees.predict(X[:1])[0], got[0])

@@ -94,3 +94,21 @@ def test_corrupt_store_file_starts_empty(small_predictor, tmp_path):
     finally:
         online.close()
     assert "new-model" in path.read_text()
+
+
+def test_gateway_style_calls(small_predictor, tmp_path):
+    """The gateway's estimator adapter calls ``predict(model=..., messages=...)`` and
+    ``observe(model=..., body=..., output_tokens=...)``; both work on an online predictor."""
+    from predictor import load_online
+
+    path = small_predictor.save(tmp_path / "a.json.gz")
+    online = load_online(path, store_path=str(tmp_path / "obs.json"))
+    body = {"messages": [{"role": "user", "content": "Write a detailed essay about owls."}], "max_tokens": 5000}
+    try:
+        before = online.predict(model="new-model", messages=body["messages"], max_tokens=5000).p50
+        for _ in range(200):
+            online.observe(model="new-model", body=body, output_tokens=4000)
+        assert online.flush()
+        assert online.predict(model="new-model", messages=body["messages"], max_tokens=5000).p50 > 2 * before
+    finally:
+        online.close()
