@@ -74,6 +74,8 @@ def render_messages(messages: Sequence[dict[str, Any]]) -> tuple[str, str]:
     parts: list[str] = []
     last_user = ""
     for message in messages:
+        if not isinstance(message, dict):
+            continue  # the gateway validates bodies; here an odd entry must only be skipped, never raise
         role = str(message.get("role", "user"))
         text = _content_text(message.get("content"))
         parts.append(f"{role}: {text}")
@@ -92,20 +94,31 @@ def make_request(
     stop: str | Sequence[str] | None = None,
 ) -> Request:
     """Build a ``Request`` from the fields of an OpenAI chat or completions body (``messages`` or ``prompt``)."""
-    if messages is not None:
+    if messages is not None and not isinstance(messages, str | bytes):
         text, last_user = render_messages(messages)
-        turns = sum(1 for m in messages if m.get("role") == "user") or 1
+        turns = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "user") or 1
     else:
         if prompt is None:
-            prompt = ""
+            prompt = messages if isinstance(messages, str) else ""
         if not isinstance(prompt, str):
             prompt = "\n".join(str(p) for p in prompt)
         text, last_user = render_messages([{"role": "user", "content": prompt}])
         turns = 1
-    stops = 0 if stop is None else (1 if isinstance(stop, str) else len(stop))
+    stops = 1 if isinstance(stop, str) else len(stop) if isinstance(stop, list | tuple) else 0
     return Request(text=text, last_user=last_user, model=str(model or ""), turns=turns,
-                   max_tokens=int(max_tokens) if max_tokens else None,
-                   temperature=None if temperature is None else float(temperature), stops=stops)
+                   max_tokens=_positive_int(max_tokens), temperature=_finite(temperature), stops=stops)
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 1:
+        return None
+    return int(value)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 _SLOTS: dict[str, tuple[int, float]] = {}

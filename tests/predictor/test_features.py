@@ -81,3 +81,14 @@ def test_alpaca_gz_needs_a_tokenizer_and_bad_rows_fail_clearly(tmp_path):
         example_from_row({"model": "m", "output": "x"})
     with pytest.raises(DataError, match="not found"):
         load_examples(tmp_path / "missing.jsonl")
+
+
+def test_odd_request_fields_never_raise():
+    req = make_request(model=None, messages=["not a dict", {"role": "user", "content": None}, {"content": 5}],
+                       max_tokens="many", temperature=float("nan"), stop=7)
+    assert req.max_tokens is None and req.temperature is None and req.stops == 0 and req.model == ""
+    assert make_request(model="m", prompt="x", max_tokens=True).max_tokens is None
+    assert make_request(model="m", prompt="x", max_tokens=0).max_tokens is None
+    assert make_request(model="m", messages="hello").last_user == "hello"  # a string is taken as a prompt
+    f = extract(req)
+    assert all(math.isfinite(v) for v in f.dense)
