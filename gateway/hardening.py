@@ -167,11 +167,26 @@ def make_middleware(cfg: HardeningConfig, watch: IdleWatch) -> Callable[[web.Req
         transport = request.transport
         watch.watch(transport)
         try:
-            return await handler(request)
+            resp = await handler(request)
         finally:
             watch.unwatch(transport)
+        if resp.status in (404, 405) and "Allow" not in resp.headers:
+            allowed = allowed_methods(request)
+            if allowed and request.method not in allowed.split(", "):
+                # The path exists, the method does not: 405 with Allow (RFC 9110 15.5.6).
+                resp = http_response(APIError(405, f"{request.method} is not allowed on {request.path}; use "
+                                                   f"{allowed}", code="method_not_allowed"))
+                resp.headers["Allow"] = allowed
+        return resp
 
     return harden
+
+
+def allowed_methods(request: web.Request) -> str:
+    """The methods routed for the request's exact path (the catch-all route excluded)."""
+    methods = {route.method for resource in request.app.router.resources()
+               if resource.canonical == request.path for route in resource if route.method != "*"}
+    return ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
 
 
 class RedactSecrets(logging.Filter):

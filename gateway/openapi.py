@@ -25,14 +25,15 @@ def _num(lo: float, hi: float) -> dict[str, Any]:
     return {"type": ["number", "null"], "minimum": lo, "maximum": hi}
 
 
-def _common(max_tokens: int) -> dict[str, Any]:
+def _common(max_tokens: int, models: list[str]) -> dict[str, Any]:
     tokens = {"type": ["integer", "null"], "minimum": 1, "maximum": max_tokens}
     return {
-        "model": {"type": "string", "minLength": 1, "pattern": r"\S"},
+        # The models the replicas serve now (404 for others); any string while no replica has said yet.
+        "model": {"type": "string", "enum": models} if models else {"type": "string", "minLength": 1},
         "stream": {"type": ["boolean", "null"]},
         "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
         "max_tokens": tokens, "max_completion_tokens": tokens,
-        "temperature": _num(0, 2), "top_p": _num(0, 1),
+        "temperature": _num(0, 2), "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
         "presence_penalty": _num(-2, 2), "frequency_penalty": _num(-2, 2),
         "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128},
         "seed": {"type": ["integer", "null"]},
@@ -46,18 +47,24 @@ def _responses(ok: dict[str, Any]) -> dict[str, Any]:
     return {"200": ok, **{str(s): _ERR for s in (400, 401, 403, 404, 408, 413, 429, 502, 503, 504)}}
 
 
-def build_document(max_tokens: int, max_body_bytes: int) -> dict[str, Any]:
-    part = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"},
-                                                                   "text": {"type": "string"}}}
-    message = {"type": "object", "required": ["role"], "properties": {
-        "role": {"type": "string", "enum": sorted(ROLES)},
-        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": part}, {"type": "null"}]},
-        "name": {"type": "string"}}}
+def build_document(max_tokens: int, max_body_bytes: int, models: list[str] | None = None) -> dict[str, Any]:
+    models = models or []
+    part = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},
+                                                                           "text": {"type": "string"}}}
+    content = [{"type": "string"}, {"type": "array", "items": part}]
+    # Assistant (and legacy function) turns may omit their content (tool calls); every other role needs it.
+    message = {"anyOf": [
+        {"type": "object", "required": ["role"], "properties": {
+            "role": {"type": "string", "enum": ["assistant", "function"]},
+            "content": {"anyOf": [*content, {"type": "null"}]}, "name": {"type": "string"}}},
+        {"type": "object", "required": ["role", "content"], "properties": {
+            "role": {"type": "string", "enum": sorted(ROLES - {"assistant", "function"})},
+            "content": {"anyOf": content}, "name": {"type": "string"}}}]}
     chat = {"type": "object", "required": ["model", "messages"], "properties": {
-        **_common(max_tokens), "messages": {"type": "array", "minItems": 1, "items": message}}}
+        **_common(max_tokens, models), "messages": {"type": "array", "minItems": 1, "items": message}}}
     completion = {"type": "object", "required": ["model", "prompt"], "properties": {
-        **_common(max_tokens), "prompt": {"anyOf": [
-            {"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        **_common(max_tokens, models), "prompt": {"anyOf": [
+            {"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": {"type": "string"}},
             {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}]}}}
     generated = {"description": "The completion (JSON), or with `stream: true` server-sent events ending with "
                                 "`data: [DONE]`", "content": {
@@ -109,9 +116,15 @@ def build_document(max_tokens: int, max_body_bytes: int) -> dict[str, Any]:
 
 
 def openapi_handler(gw: Gateway):
-    body = orjson.dumps(build_document(gw.cfg.max_tokens_limit, gw.cfg.max_body_bytes))
+    cache: dict[frozenset[str], bytes] = {}
 
     async def handler(_request: web.Request) -> web.Response:
+        models = gw.registry.models()
+        body = cache.get(models)
+        if body is None:
+            cache.clear()
+            body = cache[models] = orjson.dumps(build_document(gw.cfg.max_tokens_limit, gw.cfg.max_body_bytes,
+                                                               sorted(models)))
         return web.Response(body=body, content_type="application/json")
 
     return handler

@@ -1,0 +1,176 @@
+"""``foresight bench chaos fuzz``: generated hostile input against a live gateway with a sim replica behind it.
+
+Two generators, both Hypothesis strategies (so the inputs are diverse and reproducible with its seed):
+- ``openai_request``: bodies following the OpenAI request schema where each field is either valid or replaced by
+  arbitrary JSON (wrong types, out-of-range numbers, huge strings, nesting), sometimes serialised with NaN or
+  truncated, sent over keep-alive HTTP to both completion routes and a few other paths;
+- ``raw_request``: raw bytes over a fresh socket: random request lines, methods, versions, header names and
+  values (control bytes, no colon, huge), conflicting or bogus ``Content-Length`` / ``Transfer-Encoding`` and
+  random bodies.
+Reported: answers by status class, ``server_errors`` (>= 500: goal 0), ``crashes`` (the gateway died or stopped
+answering ``/health``: goal 0) and the gateway's RSS before and after (stable memory).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hyp_seed
+from hypothesis import strategies as st
+
+from bench.chaos_cluster import Cluster, get_json, rss_bytes
+
+MODEL = "foresight-tiny"
+ROLES = ["system", "user", "assistant", "tool", "developer", "function"]
+PATHS = ["/v1/chat/completions", "/v1/completions"]
+
+scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                   st.text(max_size=30))
+junk = st.recursive(scalar, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c,
+                                                                                             max_size=4)),
+                    max_leaves=12)
+
+
+def maybe(valid: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(valid, valid, junk)
+
+
+message = st.fixed_dictionaries({"role": maybe(st.sampled_from(ROLES)), "content": maybe(st.text(max_size=60))},
+                                optional={"name": maybe(st.text(max_size=10))})
+common = {"max_tokens": maybe(st.integers(-5, 80)), "temperature": maybe(st.floats(-1, 3)),
+          "top_p": maybe(st.floats(-0.5, 1.5)), "stream": maybe(st.booleans()),
+          "stream_options": maybe(st.fixed_dictionaries({"include_usage": maybe(st.booleans())})),
+          "n": maybe(st.integers(-1, 3)), "stop": maybe(st.lists(st.text(max_size=5), max_size=3)),
+          "seed": maybe(st.integers()), "user": maybe(st.text(max_size=10)), "logprobs": junk,
+          "continue_final_message": maybe(st.booleans()), "extra": junk}
+chat = st.fixed_dictionaries({"model": maybe(st.just(MODEL)), "messages": maybe(st.lists(message, max_size=3))},
+                             optional=common)
+completion = st.fixed_dictionaries({"model": maybe(st.just(MODEL)),
+                                    "prompt": maybe(st.one_of(st.text(max_size=60),
+                                                              st.lists(st.integers(0, 600), max_size=5)))},
+                                   optional=common)
+valid_chat = st.fixed_dictionaries(
+    {"model": st.just(MODEL), "messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=60)}), min_size=1,
+        max_size=3)},
+    optional={"max_tokens": st.integers(1, 64), "temperature": st.floats(0, 2), "stream": st.booleans(),
+              "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}), "seed": st.integers(0, 99),
+              "stop": st.lists(st.text(min_size=1, max_size=3), max_size=2)})
+valid_completion = st.fixed_dictionaries(
+    {"model": st.just(MODEL), "prompt": st.text(min_size=1, max_size=60)},
+    optional={"max_tokens": st.integers(1, 64), "stream": st.booleans(), "top_p": st.floats(0.01, 1)})
+openai_request = st.tuples(st.sampled_from([*PATHS, *PATHS, "/v1/models", "/v1/embeddings", "/admin/replicas"]),
+                           st.one_of(valid_chat, valid_completion, chat, completion, junk),
+                           st.sampled_from(["plain", "plain", "ascii", "truncate"]))
+
+token = st.binary(min_size=0, max_size=40)
+header = st.tuples(st.one_of(st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Host", b"Connection",
+                                              b"Authorization", b"Content-Type", b"X-Request-Id", b"Expect"]),
+                             token),
+                   st.one_of(token, st.sampled_from([b"-1", b"99999999999", b"chunked", b"gzip, chunked",
+                                                     b"100-continue", b"application/json"])))
+raw_request = st.tuples(st.one_of(st.sampled_from([b"POST", b"GET", b"PUT", b"CONNECT", b"TRACE"]), token),
+                        st.one_of(st.sampled_from([p.encode() for p in PATHS] + [b"*", b"http://evil/x"]), token),
+                        st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/9", b""]),
+                        st.lists(header, max_size=8), st.binary(max_size=200))
+
+
+def encode(body: object, how: str) -> bytes:
+    """JSON text of ``body``: as is (NaN, 70-bit integers and lone surrogates, i.e. invalid UTF-8, included),
+    ASCII-escaped, or cut in half."""
+    if how == "ascii":
+        return json.dumps(body, default=str).encode()
+    data = json.dumps(body, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return data[: max(1, len(data) // 2)] if how == "truncate" else data
+
+
+class Fuzzer:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.statuses: Counter[str] = Counter()
+        self.examples: list[str] = []
+        self.conn = http.client.HTTPConnection(host, port, timeout=30)
+
+    def record(self, status: int | None, what: str) -> None:
+        key = "closed" if status is None else f"{status // 100}xx"
+        self.statuses[key] += 1
+        if status is not None and status >= 500 and len(self.examples) < 20:
+            self.examples.append(f"{status}: {what[:300]}")
+
+    def http(self, path: str, body: object, how: str) -> None:
+        data = encode(body, how)
+        for attempt in range(2):
+            try:
+                self.conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                resp.read()
+                self.record(resp.status, f"{path} {data!r}")
+                return
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                if attempt:
+                    self.record(None, "")
+
+    def raw(self, method: bytes, target: bytes, version: bytes, headers: list, body: bytes) -> None:
+        head = b" ".join(x for x in (method, target, version) if x) + b"\r\n"
+        head += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+        status = None
+        try:
+            with socket.create_connection((self.host, self.port), timeout=10) as s:
+                s.sendall(head + body)
+                s.shutdown(socket.SHUT_WR)
+                first = s.recv(64)
+                if first.startswith(b"HTTP/"):
+                    status = int(first.split(b" ", 2)[1])
+        except (OSError, ValueError, IndexError):
+            status = None
+        self.record(status, repr(head + body))
+
+
+def run_examples(strategy: st.SearchStrategy, n: int, fn: Callable, seed: int) -> None:
+    """Call ``fn(*example)`` for ``n`` examples of ``strategy`` (generation only: nothing fails, we count)."""
+    if n <= 0:
+        return
+
+    @hyp_seed(seed)
+    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def drive(example: tuple) -> None:
+        fn(*example)
+
+    drive()
+
+
+def fuzz(requests: int = 10_000, seed: int = 0) -> dict:
+    cl = Cluster(replicas=1, replica_args=("--sim-output-mean", "4"),
+                 gateway_args=("--max-tokens-limit", "64", "--conn-rate", "0")).start()
+    try:
+        gw = cl.gateways[0]
+        fz = Fuzzer("127.0.0.1", gw.port)
+        t0 = time.monotonic()
+        warm = max(1, requests // 20)
+        run_examples(openai_request, warm, fz.http, seed)
+        rss_start = rss_bytes(gw.pid)
+        n_http = requests * 6 // 10 - warm
+        run_examples(openai_request, n_http, fz.http, seed + 1)
+        run_examples(raw_request, requests - n_http - warm, fz.raw, seed + 2)
+        alive = gw.popen is not None and gw.popen.poll() is None
+        healthy = alive and get_json(gw.url + "/health").get("status") == "ok"
+        rss_end = rss_bytes(gw.pid) if alive else 0
+        elapsed = time.monotonic() - t0
+    finally:
+        cl.close()
+    total = sum(fz.statuses.values())
+    return {"scenario": "fuzz", "requests": total, "elapsed_s": elapsed, "by_status": dict(fz.statuses),
+            "server_errors": sum(v for k, v in fz.statuses.items() if k.startswith("5")),
+            "crashes": 0 if healthy else 1, "gateway_rss_start_mb": rss_start / 2**20,
+            "gateway_rss_end_mb": rss_end / 2**20, "rss_growth": rss_end / rss_start - 1 if rss_start else None,
+            "server_error_examples": fz.examples}
