@@ -21,7 +21,6 @@ from gateway.config import GatewayConfig
 from gateway.estimator import load_estimator
 from gateway.health import HealthChecker
 from gateway.metrics import GatewayMetrics
-from gateway.overload import OverloadShedder
 from gateway.proxy import Proxy, ProxyConfig
 from gateway.ratelimit import RateLimiter
 from gateway.registry import Registry, Replica
@@ -66,7 +65,6 @@ class Gateway:
         self.auth = Auth(parse_keys_file(cfg.api_keys) if cfg.api_keys else None, cfg.admin_token)
         self.limiter = RateLimiter()
         self.admission = Admission(cfg.max_inflight, cfg.queue_size, cfg.queue_timeout)
-        self.overload: OverloadShedder | None = None  # set by gateway.reliability.install
         self.session: aiohttp.ClientSession | None = None
         self.proxy: Proxy | None = None
         self.health: HealthChecker | None = None
@@ -158,8 +156,6 @@ class Gateway:
                              body, request.headers.get("X-Session-Id"), prompt_tokens, est.p50, est.p90,
                              max_tokens)
             proxy = self.proxy
-            if self.overload is not None:
-                self.overload.check(rv, proxy.candidates(model))
             await self.admission.acquire(lambda: proxy.has_capacity(model))
         except APIError as e:
             return self.reject(route, e)
@@ -234,8 +230,8 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     app.router.add_get("/ready", gw.ready)
     app.router.add_get("/metrics", gw.metrics_text)
     add_admin_routes(app, gw)
-    reliability.install(app, gw)  # hardening middleware, shedding, continuation, /openapi.json
     app.router.add_route("*", "/{tail:.*}", fallback)
     app.on_startup.append(gw.start)
+    reliability.install(app, gw)  # after gw.start: hardening, shedding, continuation, /openapi.json
     app.on_cleanup.append(gw.stop)
     return app

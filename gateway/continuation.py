@@ -196,25 +196,29 @@ class Continuation:
             try:
                 up = await proxy.session.post(replica.url + PATHS[rv.route], data=orjson.dumps(cont),
                                               headers=headers, timeout=proxy.timeout)
-                if up.status != 200:
-                    replica.breaker.record_failure()
-                    outcome.status = up.status
-                    raise _Failed(f"continuation answered {up.status}")
-                recorder = EventRecorder()
-                while not done:
-                    chunk = await up.content.readany()
-                    if not chunk:
-                        break
-                    if not outcome.first_token:
-                        outcome.first_token = True
-                        ticket.first_token()
-                        proxy.policy.on_first_token(rv, replica.id)
-                    out, done = self._rewrite(recorder.feed(chunk), state, usage_base, outcome)
-                    if out:
-                        await resp.write(out)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 replica.breaker.record_failure()
                 raise _Failed(f"{type(e).__name__}: {e}") from e
+            if up.status != 200:
+                replica.breaker.record_failure()
+                outcome.status = up.status
+                raise _Failed(f"continuation answered {up.status}")
+            recorder = EventRecorder()
+            while not done:
+                try:
+                    chunk = await up.content.readany()
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:  # the upstream, never the client
+                    replica.breaker.record_failure()
+                    raise _Failed(f"{type(e).__name__}: {e}") from e
+                if not chunk:
+                    break
+                if not outcome.first_token:
+                    outcome.first_token = True
+                    ticket.first_token()
+                    proxy.policy.on_first_token(rv, replica.id)
+                out, done = self._rewrite(recorder.feed(chunk), state, usage_base, outcome)
+                if out:
+                    await resp.write(out)  # a client that went away raises here, to the proxy's handler
             if not done:
                 replica.breaker.record_failure()
                 raise _Failed("continuation stream ended without [DONE]")

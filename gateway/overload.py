@@ -12,9 +12,9 @@ would wait before its prefill starts, from the work already there (DESIGN.md sec
 - ``prefill_wait_s``: uncached prompt tokens dispatched ahead of it (the larger of the replica's report and every
   gateway's accounting) over the replica's prefill rate.
 
-If the best candidate's predicted wait exceeds ``max_queue_delay``, the request is rejected in microseconds with
-503 ``overloaded`` and ``Retry-After`` (about when the wait would have ended), instead of queueing and then timing
-out. Replicas without a load report yet (or never seen full) are assumed to have room. ``max_queue_delay`` <= 0
+Routing only sees the candidates whose predicted wait is within ``max_queue_delay`` (``admissible``, called by
+the proxy when it ranks); if there is none, the request is rejected in microseconds with 503 ``overloaded`` and
+``Retry-After`` (about when the wait would have ended), instead of queueing and then timing out. Replicas without a load report yet (or never seen full) are assumed to have room. ``max_queue_delay`` <= 0
 turns shedding off.
 """
 
@@ -85,15 +85,25 @@ class OverloadShedder:
             wait += excess * decode_s / ceiling
         return wait
 
-    def check(self, request: RequestView, candidates: Sequence[ReplicaView]) -> float | None:
-        """Raise 503 ``overloaded`` when every candidate's predicted wait exceeds the limit; else the best wait."""
+    def admissible(self, request: RequestView, candidates: Sequence[ReplicaView]) -> list[ReplicaView]:
+        """The candidates whose predicted wait is within the limit (routing picks among them only, so an admitted
+        request never lands on a full replica); 503 ``overloaded`` with ``Retry-After`` when none is."""
         if not self.enabled or not candidates:
-            return None
-        best = min(self.predicted_wait(request, r) for r in candidates)
-        if best > self.max_queue_delay:
+            return list(candidates)
+        waits = [(self.predicted_wait(request, r), r) for r in candidates]
+        ok = [r for w, r in waits if w <= self.max_queue_delay]
+        if not ok:
+            best = min(w for w, _ in waits)
             if self.shed is not None:
                 self.shed.inc()
             raise APIError(503, f"the cluster is overloaded (predicted wait {best:.2f}s exceeds "
                                 f"{self.max_queue_delay:g}s); retry later", code="overloaded",
                            retry_after=max(1.0, math.ceil(best - self.max_queue_delay)))
-        return best
+        return ok
+
+    def check(self, request: RequestView, candidates: Sequence[ReplicaView]) -> float | None:
+        """Raise 503 ``overloaded`` when every candidate's predicted wait exceeds the limit; else the best wait."""
+        if not self.enabled or not candidates:
+            return None
+        self.admissible(request, candidates)
+        return min(self.predicted_wait(request, r) for r in candidates)

@@ -2,7 +2,7 @@
 
 ``install`` adds, around the routes ``gateway.app`` defines: the hardening middleware and parser limits
 (``gateway.hardening``), the idle-stream watch, secret redaction on the log handlers, work-based load shedding
-(``gateway.overload``, consulted by the request path through ``gw.overload``), mid-stream continuation
+(``gateway.overload``, consulted by the proxy when it ranks replicas), mid-stream continuation
 (``gateway.continuation``, attached to the proxy when it starts) and ``GET /openapi.json`` (``gateway.openapi``).
 Every setting is a ``foresight gateway`` flag (so also ``FORESIGHT_*`` and YAML).
 """
@@ -72,13 +72,14 @@ def install(app: web.Application, gw: Gateway) -> None:
     cfg: ReliabilityConfig = gw.cfg.reliability
     watch = IdleWatch(cfg.hardening.idle_timeout)
     app.middlewares.append(make_middleware(cfg.hardening, watch))
-    gw.overload = OverloadShedder(cfg.shed_queue_delay, gw.metrics.registry)
+    shedder = OverloadShedder(cfg.shed_queue_delay, gw.metrics.registry)
     app.router.add_get("/openapi.json", openapi_handler(gw))
 
     async def started(_app: web.Application) -> None:
         install_redaction()
         if gw.proxy is not None:
             gw.proxy.continuation = Continuation(gw.proxy, cfg.max_continuations)
+            gw.proxy.shedder = shedder
 
     async def stopped(_app: web.Application) -> None:
         await watch.close()

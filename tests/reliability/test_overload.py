@@ -62,3 +62,13 @@ def test_declared_max_num_seqs_is_known_before_the_replica_is_ever_full() -> Non
     assert s.ceiling(r) == 4
     r.load = {**report(3, 2), "max_num_seqs": 4, "kv_blocks_total": 100, "kv_blocks_used": 95}
     assert s.ceiling(r) == 3
+
+
+def test_admissible_keeps_only_replicas_with_room() -> None:
+    s = OverloadShedder(0.05)
+    full = replica("a", 4, 400.0, {**report(4, 0), "max_num_seqs": 4})
+    free = replica("b", 1, 100.0, {**report(1, 0), "max_num_seqs": 4})
+    assert [r.id for r in s.admissible(req(), [full, free])] == ["b"]
+    with pytest.raises(APIError):
+        s.admissible(req(), [full])
+    assert OverloadShedder(0).admissible(req(), [full]) == [full]
