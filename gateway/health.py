@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from gateway.registry import Registry, Replica
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,8 @@ class HealthChecker:
         self._task = asyncio.create_task(self._run(), name="health-checker")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

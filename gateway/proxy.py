@@ -127,6 +127,7 @@ class Proxy:
     async def forward(self, request: web.Request, rv: RequestView, raw: bytes, stream: bool,
                       debug: bool = False) -> web.StreamResponse:
         t0 = time.monotonic()
+        m = self.metrics
         decision = self.rank(rv)
         deadline = t0 + self.cfg.retry_deadline
         attempts = 0
@@ -140,9 +141,9 @@ class Proxy:
             if attempts:
                 delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (attempts - 1))
                 await asyncio.sleep(random.uniform(0, delay) + delay / 2)
-                self.metrics.retries.labels(last.reason.split(":")[0] if last else "unknown").inc()
+                m.child(m.retries, last.reason.split(":")[0] if last else "unknown").inc()
             attempts += 1
-            self.metrics.decisions.labels(self.cfg.policy_name, rid).inc()
+            m.child(m.decisions, self.cfg.policy_name, rid).inc()
             try:
                 resp = await self._dispatch(request, rv, raw, stream, replica, decision if debug else None, t0)
             except Retryable as e:
@@ -169,7 +170,7 @@ class Proxy:
                         decision: Decision | None, t0: float) -> web.StreamResponse:
         prefill = float(rv.scratch.get("uncached_prompt_tokens", rv.prompt_tokens))
         ticket = Ticket(replica.local, prefill, rv.output_p50, self.on_slot_free)
-        gauge = self.metrics.inflight.labels(replica.id)
+        gauge = self.metrics.child(self.metrics.inflight, replica.id)
         gauge.set(replica.local.requests)
         self.policy.on_dispatch(rv, replica.id)
         outcome = Outcome(ok=False)
@@ -218,8 +219,9 @@ class Proxy:
         self.policy.on_first_token(rv, replica.id)
         replica.breaker.record_success()
         elapsed = time.monotonic() - t0
-        self.metrics.ttft.labels(rv.route).observe(elapsed)
-        self.metrics.e2e.labels(rv.route).observe(elapsed)
+        m = self.metrics
+        m.child(m.ttft, rv.route).observe(elapsed)
+        m.child(m.e2e, rv.route).observe(elapsed)
         outcome.ok, outcome.status, outcome.first_token = up.status == 200, up.status, True
         if up.status == 200 and b'"usage"' in data:
             try:
@@ -236,10 +238,10 @@ class Proxy:
         pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(pt, int):
             outcome.prompt_tokens = pt
-            self.metrics.tokens_in.labels(rv.model).inc(pt)
+            self.metrics.child(self.metrics.tokens_in, rv.model).inc(pt)
         if isinstance(ct, int):
             outcome.output_tokens = ct
-            self.metrics.tokens_out.labels(rv.model).inc(ct)
+            self.metrics.child(self.metrics.tokens_out, rv.model).inc(ct)
         details = usage.get("prompt_tokens_details")
         if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
             outcome.cached_tokens = details["cached_tokens"]
@@ -274,14 +276,14 @@ class Proxy:
             self.policy.on_first_token(rv, replica.id)
             replica.breaker.record_success()
             outcome.first_token = True
-            self.metrics.ttft.labels(rv.route).observe(now - t0)
+            self.metrics.child(self.metrics.ttft, rv.route).observe(now - t0)
             resp = web.StreamResponse(status=200, headers={
                 "Content-Type": up.headers.get("Content-Type", "text/event-stream"), "Cache-Control": "no-cache",
                 **extra})
             await resp.prepare(request)
             await resp.write(first)
             tail = first[-8192:]
-            itl = self.metrics.itl.labels(rv.route)
+            itl = self.metrics.child(self.metrics.itl, rv.route)
             broken: BaseException | None = None
             while True:
                 try:
@@ -302,7 +304,7 @@ class Proxy:
                 clean = True
                 outcome.ok, outcome.status = True, 200
                 self._usage(rv, usage_from_sse_tail(tail), outcome)
-            self.metrics.e2e.labels(rv.route).observe(time.monotonic() - t0)
+            self.metrics.child(self.metrics.e2e, rv.route).observe(time.monotonic() - t0)
             self.metrics.count_request(rv.route, 200, replica.id)
             await resp.write_eof()
             return resp

@@ -13,7 +13,8 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   decode work ahead enters through the predicted output lengths.
 
 Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica from load reports (an exponential
-average of non-zero reports, seeded by ``prefill_tps``/``decode_step_ms`` options). Replicas within
+average of non-zero reports, seeded by ``prefill_tps``/``decode_step_ms`` options; ``foresight_state``).
+``Decision.explanation`` carries the terms of the ``explain_top`` (8) best replicas; ``costs`` gives all of them. Replicas within
 ``near_rel`` (10%) or ``near_abs`` (5 ms) of the best are shuffled in front (power-of-k randomisation), so
 gateways sharing stale views do not all herd onto one replica. Prompt tokens are the gateway's estimate corrected
 by a learned factor (real prompt tokens over estimates of completed requests).
@@ -25,15 +26,8 @@ import random
 from collections.abc import Sequence
 
 from gateway.routing.base import Decision, Outcome, PolicyContext, ReplicaView, RequestView, RoutingPolicy
+from gateway.routing.foresight_state import ReplicaState
 from gateway.routing.prefix_match import PrefixMatcher
-
-
-class _Rates:
-    __slots__ = ("prefill_tps", "decode_step_s")
-
-    def __init__(self, prefill_tps: float, decode_step_s: float) -> None:
-        self.prefill_tps = prefill_tps
-        self.decode_step_s = decode_step_s
 
 
 class ForesightPolicy(RoutingPolicy):
@@ -42,7 +36,8 @@ class ForesightPolicy(RoutingPolicy):
     def __init__(self, ctx: PolicyContext) -> None:
         super().__init__(ctx)
         o = ctx.options
-        self.prior = _Rates(float(o.get("prefill_tps", 10000.0)), float(o.get("decode_step_ms", 25.0)) / 1000.0)
+        self.prior_tps = float(o.get("prefill_tps", 10000.0))
+        self.prior_step_s = float(o.get("decode_step_ms", 25.0)) / 1000.0
         self.kv_capacity_tokens = float(o.get("kv_capacity_tokens", 0.0))  # used when no report says better
         self.near_rel = float(o.get("near_rel", 0.1))
         self.near_abs = float(o.get("near_abs", 0.005))
@@ -50,59 +45,38 @@ class ForesightPolicy(RoutingPolicy):
         self.use_output = o.get("use_output_estimate", "1") not in ("0", "false", "no")
         self.work_weight = float(o.get("work_weight", 0.0))
         self.report_weight = float(o.get("report_weight", 1.0))
+        self.explain_top = int(o.get("explain_top", 8))
         self.rng = random.Random(o.get("seed"))
         self.matcher = PrefixMatcher(ctx)
-        self.rates: dict[str, _Rates] = {}
+        self.rates: dict[str, ReplicaState] = {}
         self.token_factor = 1.0  # real prompt tokens / gateway estimate, learned
 
-    def _rates(self, r: ReplicaView) -> _Rates:
-        rates = self.rates.get(r.id)
-        if rates is None:
-            rates = self.rates[r.id] = _Rates(self.prior.prefill_tps, self.prior.decode_step_s)
-        load = r.load
-        if load is not None:
-            tps = float(load.get("prefill_tokens_per_s", 0) or 0)
-            step = float(load.get("decode_step_ms", 0) or 0) / 1000.0
-            if tps > 0:
-                rates.prefill_tps += self.alpha * (tps - rates.prefill_tps)
-            if step > 0:
-                rates.decode_step_s += self.alpha * (step - rates.decode_step_s)
-        return rates
+    def _state(self, r: ReplicaView) -> ReplicaState:
+        st = self.rates.get(r.id)
+        if st is None:
+            st = self.rates[r.id] = ReplicaState(self.prior_tps, self.prior_step_s, self.kv_capacity_tokens)
+        if st.update(r.load, self.alpha, self.report_weight) and st.kv_blocks_total:
+            self.matcher.set_replica_kv(r.id, st.kv_blocks_total * st.block_size)
+        return st
 
-    def costs(self, request: RequestView, replicas: Sequence[ReplicaView]) -> dict[str, dict[str, float]]:
-        """Per-replica cost terms (seconds) for ``request``; the total is ``ttft_s``."""
-        self.matcher.follow_capacity(replicas)
-        matched = self.matcher.match(request, replicas)
-        prompt = request.prompt_tokens * self.token_factor
-        output = request.output_p90 if self.use_output else 0.0
-        out: dict[str, dict[str, float]] = {}
-        for r in replicas:
-            rates = self._rates(r)
-            load = r.load
-            ahead = r.expected_prefill_tokens
-            used = 0.0
-            capacity = self.kv_capacity_tokens
-            if load is not None:
-                ahead = max(ahead, self.report_weight * float(load.get("waiting_prompt_tokens", 0) or 0))
-                bs = float(load.get("block_size", 16) or 16)
-                used = float(load.get("kv_blocks_used", 0) or 0) * bs
-                capacity = float(load.get("kv_blocks_total", 0) or 0) * bs or capacity
-            match = matched.get(r.id, 0.0)
-            uncached = prompt * (1.0 - match)
-            queue_s = ahead / rates.prefill_tps
-            prefill_s = uncached / rates.prefill_tps
-            kv_s = 0.0
-            if capacity > 0:
-                overflow = used + ahead + uncached + output - capacity
-                if overflow > 0:
-                    kv_s = self._kv_wait(overflow, used, r, rates)
-            work_s = self.work_weight * prefill_s
-            out[r.id] = {"queue_s": queue_s, "prefill_s": prefill_s, "kv_s": kv_s, "match": match,
-                         "work_s": work_s, "ttft_s": queue_s + prefill_s + kv_s + work_s}
-        return out
+    def _terms(self, r: ReplicaView, st: ReplicaState, match: float, prompt: float, output: float,
+               ) -> tuple[float, float, float, float]:
+        """``(queue_s, prefill_s, kv_s, work_s)`` of ``request`` on ``r``; see the module docstring."""
+        ahead = r.local.prefill_tokens + r.remote.prefill_tokens
+        if st.waiting > ahead:
+            ahead = st.waiting
+        uncached = prompt * (1.0 - match)
+        queue_s = ahead / st.prefill_tps
+        prefill_s = uncached / st.prefill_tps
+        kv_s = 0.0
+        if st.capacity > 0:
+            overflow = st.used + ahead + uncached + output - st.capacity
+            if overflow > 0:
+                kv_s = self._kv_wait(overflow, st, r)
+        return queue_s, prefill_s, kv_s, self.work_weight * prefill_s
 
     @staticmethod
-    def _kv_wait(overflow: float, used: float, r: ReplicaView, rates: _Rates) -> float:
+    def _kv_wait(overflow: float, st: ReplicaState, r: ReplicaView) -> float:
         """Time until ``overflow`` KV tokens are freed by running requests finishing.
 
         Each of the ``n`` running requests holds about ``used / n`` tokens; ``k`` of them must finish. With their
@@ -110,24 +84,51 @@ class ForesightPolicy(RoutingPolicy):
         tokens per in-flight request, times the decode step), the k-th finishes after about ``k / (n + 1)`` of it.
         Needing more than ``n`` requests to finish means waiting for the whole batch and then queueing further.
         """
-        n = max(1, r.inflight, int((r.load or {}).get("num_running", 0) or 0))
-        per_request = max(used / n, 1.0)
+        inflight = r.local.requests + r.remote.requests
+        n = max(1, inflight, st.running)
+        per_request = max(st.used / n, 1.0)
         k = -(-overflow // per_request)
-        decode_s = (r.expected_decode_tokens / max(1, r.inflight)) * rates.decode_step_s
-        return k / (n + 1) * max(decode_s, rates.decode_step_s)
+        decode_s = ((r.local.decode_tokens + r.remote.decode_tokens) / max(1, inflight)) * st.decode_step_s
+        return k / (n + 1) * max(decode_s, st.decode_step_s)
+
+    def costs(self, request: RequestView, replicas: Sequence[ReplicaView]) -> dict[str, dict[str, float]]:
+        """Every replica's cost terms (seconds) for ``request``; the total is ``ttft_s``."""
+        totals, terms, matched = self._score(request, replicas)
+        return {r.id: self._explain(t, matched.get(r.id, 0.0)) for r, t in zip(replicas, terms, strict=True)}
+
+    @staticmethod
+    def _explain(t: tuple[float, float, float, float], match: float) -> dict[str, float]:
+        return {"queue_s": t[0], "prefill_s": t[1], "kv_s": t[2], "work_s": t[3], "match": match,
+                "ttft_s": t[0] + t[1] + t[2] + t[3]}
+
+    def _score(self, request: RequestView, replicas: Sequence[ReplicaView],
+               ) -> tuple[list[float], list[tuple[float, float, float, float]], dict[str, float]]:
+        states = [self._state(r) for r in replicas]
+        matched = self.matcher.match(request, replicas)
+        prompt = request.prompt_tokens * self.token_factor
+        output = request.output_p90 if self.use_output else 0.0
+        terms = [self._terms(r, st, matched.get(r.id, 0.0), prompt, output)
+                 for r, st in zip(replicas, states, strict=True)]
+        return [a + b + c + d for a, b, c, d in terms], terms, matched
 
     def rank(self, request: RequestView, replicas: Sequence[ReplicaView]) -> Decision:
-        costs = self.costs(request, replicas)
-        order = sorted(costs, key=lambda rid: costs[rid]["ttft_s"])
-        best = costs[order[0]]["ttft_s"]
+        totals, terms, matched = self._score(request, replicas)
+        order = sorted(range(len(replicas)), key=totals.__getitem__)
+        best = totals[order[0]]
         limit = best + max(self.near_abs, self.near_rel * best)
-        near = [rid for rid in order if costs[rid]["ttft_s"] <= limit]
-        if len(near) > 1:
-            self.rng.shuffle(near)
-            order = near + order[len(near):]
-        chosen = costs[order[0]]
-        request.scratch["uncached_prompt_tokens"] = request.prompt_tokens * self.token_factor * (1 - chosen["match"])
-        return Decision(order, costs, reason=f"foresight:near={len(near)}")
+        near = 1
+        while near < len(order) and totals[order[near]] <= limit:
+            near += 1
+        if near > 1:
+            head = order[:near]
+            self.rng.shuffle(head)
+            order[:near] = head
+        chosen = order[0]
+        request.scratch["uncached_prompt_tokens"] = (request.prompt_tokens * self.token_factor
+                                                     * (1 - matched.get(replicas[chosen].id, 0.0)))
+        explanation = {replicas[i].id: self._explain(terms[i], matched.get(replicas[i].id, 0.0))
+                       for i in order[: self.explain_top]}
+        return Decision([replicas[i].id for i in order], explanation, reason=f"foresight:near={near}")
 
     def on_dispatch(self, request: RequestView, replica_id: str) -> None:
         self.matcher.record(request, replica_id)

@@ -35,7 +35,8 @@ class PrefixMatcher:
         self.chunk_chars = int(opts.get("chunk_chars", 64))
         self.block_size = ctx.block_size
         self.chars_per_token = 4.0  # refined from completed requests (observe)
-        self._kv_seen: dict[str, int] = {}
+        self._kv_seen: dict[str, int] = {}  # replica -> KV tokens its LRU was sized for
+        self._observed = 0
         if self.mode == "approx":
             self.index = PrefixIndex(default_capacity=int(opts.get("index_capacity", 65536)))
             self.shared = SharedApproxIndex(self.index, ctx.store, ctx.gateway_id,
@@ -63,17 +64,19 @@ class PrefixMatcher:
 
     def follow_capacity(self, replicas: Sequence[ReplicaView]) -> None:
         """Size each replica's approximate LRU like its KV cache (cheap: only when the reported size changes)."""
-        if self.mode != "approx":
-            return
         for r in replicas:
             load = r.load
-            if load is None:
-                continue
-            total = int(load.get("kv_blocks_total", 0) or 0)
-            if total and self._kv_seen.get(r.id) != total:
-                self._kv_seen[r.id] = total
-                tokens = total * int(load.get("block_size", self.block_size) or self.block_size)
-                self.index.set_capacity(r.id, int(tokens * self.chars_per_token / self.chunk_chars))
+            if load is not None:
+                total = int(load.get("kv_blocks_total", 0) or 0)
+                if total:
+                    self.set_replica_kv(r.id, total * int(load.get("block_size", self.block_size) or self.block_size))
+
+    def set_replica_kv(self, replica_id: str, kv_tokens: int) -> None:
+        """The replica's KV cache holds ``kv_tokens`` tokens: bound its approximate LRU to as many characters."""
+        if self.mode != "approx" or self._kv_seen.get(replica_id) == kv_tokens:
+            return
+        self._kv_seen[replica_id] = kv_tokens
+        self.index.set_capacity(replica_id, int(kv_tokens * self.chars_per_token / self.chunk_chars))
 
     def match(self, request: RequestView, replicas: Sequence[ReplicaView]) -> dict[str, float]:
         """Fraction of the prompt cached per replica (absent: 0)."""
@@ -101,6 +104,10 @@ class PrefixMatcher:
         if prompt_tokens and prompt_tokens > 0 and request.prompt_text:
             ratio = len(request.prompt_text) / prompt_tokens
             self.chars_per_token += 0.05 * (ratio - self.chars_per_token)
+            self._observed += 1
+            if self._observed % 64 == 0 and self.mode == "approx":  # re-size the LRUs to the learned ratio
+                for rid, kv_tokens in self._kv_seen.items():
+                    self.index.set_capacity(rid, int(kv_tokens * self.chars_per_token / self.chunk_chars))
 
     def forget(self, replica_id: str) -> None:
         self.index.remove_replica(replica_id)

@@ -20,6 +20,7 @@ from gateway.registry import Registry
 from gateway.routing.base import InflightCounts
 from gateway.state import keys
 from gateway.state.base import StateStore, StoreUnavailable
+from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,8 @@ class StateSync:
         self._task = asyncio.create_task(self._run(), name="state-sync")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -25,6 +25,7 @@ class FaultyBackend(MockBackend):
         self.headers_seen: list[dict[str, str]] = []
         self.bodies: list[bytes] = []
         self.cancelled = 0
+        self.unhang = asyncio.Event()  # set at teardown so a hung handler never outlives its test
 
     async def _complete(self, request: web.Request, route: str) -> web.StreamResponse:
         self.seen += 1
@@ -39,7 +40,7 @@ class FaultyBackend(MockBackend):
             raise asyncio.CancelledError
         if self.fault == "hang":
             try:
-                await asyncio.sleep(3600)
+                await asyncio.wait_for(self.unhang.wait(), 30)
             except asyncio.CancelledError:
                 self.cancelled += 1
                 raise
@@ -75,6 +76,8 @@ async def cluster(n: int = 3, model: str = "mock", **gw_overrides) -> AsyncItera
     try:
         yield str(gw_server.make_url("")).rstrip("/"), backends, app
     finally:
+        for b in backends:
+            b.unhang.set()
         await gw_server.close()
         for s in servers:
             await s.close()

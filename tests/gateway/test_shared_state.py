@@ -23,6 +23,7 @@ async def start_backends(stack: AsyncExitStack, n: int) -> list[FaultyBackend]:
         s = TestServer(b.app(), host="127.0.0.1")
         await s.start_server()
         stack.push_async_callback(s.close)
+        stack.callback(b.unhang.set)  # runs before the server closes
         b.url = str(s.make_url("")).rstrip("/")
         out.append(b)
     return out

@@ -85,9 +85,11 @@ def test_kv_pressure_penalty_uses_predicted_output_lengths() -> None:
 def test_learns_rates_from_load_reports() -> None:
     p = policy()
     replicas = views(2)
-    replicas[0].load = report(prefill_tokens_per_s=2000.0)  # a slow replica (e.g. a smaller GPU)
-    for _ in range(30):
+    for i in range(30):  # a new report every time; r0 is a slow replica (e.g. a smaller GPU)
+        replicas[0].load = report(prefill_tokens_per_s=2000.0, ts=i)
+        replicas[1].load = report(ts=i)
         d = p.rank(req("some prompt " * 300), replicas)
+    p.rank(req("some prompt " * 300), replicas)  # the same reports again: digested once, not re-averaged
     assert d.ranked[0] == "r1"
     assert p.rates["r0"].prefill_tps < 2500 and p.rates["r1"].prefill_tps > 9000
 
