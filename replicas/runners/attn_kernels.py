@@ -5,7 +5,7 @@ for the packed step: ``query`` ``[1, heads, T, D]``, ``key``/``value`` ``[1, kv_
 tokens, already written to the cache), each request attending causally over its own context only.
 
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; decodes in one batched call per decode group
-  over their gathered (padded, masked) contexts, each multi-token chunk in its own call. Works on CPU and CUDA.
+  over their gathered blocks (padded, masked), each multi-token chunk in its own call. Works on CPU and CUDA.
 - ``flash_attn``: ``flash_attn_varlen_func`` over the packed queries and gathered packed contexts, one call per
   layer (CUDA, fp16/bf16, when the ``flash-attn`` package is installed). Its causal mask is bottom-right aligned,
   which is what a chunk with earlier context needs.
@@ -43,18 +43,18 @@ class SdpaKernel(AttentionKernel):
         outs: list[torch.Tensor] = []
         for g, group in enumerate(meta.decodes):
             q = query[0, :, group.row_start:group.row_end, :].transpose(0, 1).unsqueeze(2)  # [rows, H, 1, D]
-            k, v = cache.gather(layer, group.slots)  # [rows, ctx, kv, D]
+            k, v = cache.gather_blocks(layer, group.blocks)  # [rows, blocks * bs, kv, D]
             o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=meta.decode_mask(g, window), scale=scaling,
                                                enable_gqa=True)
-            outs.append(o.squeeze(2))  # [rows, H, D]
+            outs.append(o[:, :, 0, :])  # [rows, H, D]
         for i, seg in enumerate(meta.prefills):
             q = query[:, :, seg.q_start:seg.q_end, :]
-            if seg.slots is None:
+            if seg.blocks is None:
                 k = key[:, :, seg.q_start:seg.q_end, :]
                 v = value[:, :, seg.q_start:seg.q_end, :]
             else:
-                kg, vg = cache.gather(layer, seg.slots)  # [ctx, kv, D]
+                kg, vg = cache.gather_blocks(layer, seg.blocks)  # [blocks * bs, kv, D]
                 k, v = kg.transpose(0, 1).unsqueeze(0), vg.transpose(0, 1).unsqueeze(0)
             mask = meta.prefill_mask(i, window)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling,

@@ -73,4 +73,15 @@ class PagedKVCache:
 
     def gather(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V at ``slots`` (any shape ``S``): tensors shaped ``S + [kv_heads, head_dim]``."""
-        return self.flat_keys[layer][slots], self.flat_values[layer][slots]
+        # index_select over a flat index is several times faster than advanced indexing on CPU.
+        flat = slots.reshape(-1)
+        shape = (*slots.shape, self.layout.kv_heads, self.layout.head_dim)
+        return (self.flat_keys[layer].index_select(0, flat).view(shape),
+                self.flat_values[layer].index_select(0, flat).view(shape))
+
+    def gather_blocks(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of whole blocks: ``blocks`` ``[..., n]`` -> ``[..., n * block_size, kv_heads, head_dim]``."""
+        flat = blocks.reshape(-1)
+        shape = (*blocks.shape[:-1], -1, self.layout.kv_heads, self.layout.head_dim)
+        return (self.keys[layer].index_select(0, flat).view(shape),
+                self.values[layer].index_select(0, flat).view(shape))

@@ -7,11 +7,11 @@ derive, with vectorised torch ops rather than per-token Python loops:
 
 - ``slot_mapping`` ``[num_tokens]``: where each new token's K/V is written in the flat cache;
 - for decodes, ``DecodeGroup``s of consecutive decodes whose context lengths are within 2x of each other (the
-  runner orders decodes longest first, so usually one group): the slots of every context token ``[rows,
-  max_ctx]``, padded with slot 0, so a group attends in one batched call and padding at most doubles the
-  gathered memory;
+  runner orders decodes longest first, so usually one group): their block tables ``[rows, max_blocks]``, padded
+  with block 0, so a group gathers whole blocks and attends in one batched call (masked by context length), and
+  padding at most doubles the gathered memory;
 - for multi-token chunks, one ``PrefillSegment`` each (its packed query range and, when it has earlier context,
-  the slots of its whole context);
+  its block table);
 - lazily, the varlen view (``cu_seqlens`` and packed context slots) that flash-attn and flex attention take.
 """
 
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SeqSpan:
-    """One request's share of a step: positions ``[start, start + num_new)`` over block table ``block_ids``."""
+    """One request's share of a step: positions ``[start, start + num_new)`` over block table ``block_ids``
+    (which covers at least ``start + num_new`` tokens)."""
 
     start: int
     num_new: int
@@ -39,7 +40,7 @@ class SeqSpan:
 class DecodeGroup:
     row_start: int  # packed rows [row_start, row_end) are this group's decodes
     row_end: int
-    slots: torch.Tensor  # [rows, max_ctx]
+    blocks: torch.Tensor  # [rows, max_blocks] block tables, padded with block 0 (masked)
     ctx_lens: torch.Tensor  # [rows]
 
 
@@ -48,7 +49,7 @@ class PrefillSegment:
     q_start: int  # packed row of the first new token
     q_end: int
     start: int  # position of the first new token (tokens before it are already in the cache)
-    slots: torch.Tensor | None  # [ctx_len] context slots; None when start == 0 (the new K/V is the whole context)
+    blocks: torch.Tensor | None  # [blocks] its block table; None when start == 0 (the new K/V is the whole context)
 
     @property
     def q_len(self) -> int:
@@ -76,15 +77,12 @@ class VarlenView:
     k_seq: torch.Tensor
 
 
-def _slots_for(table: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
-    return table[..., positions // block_size] * block_size + positions % block_size
-
-
 @dataclass
 class StepMetadata:
     spans: list[SeqSpan]
     block_size: int
     device: torch.device
+    dtype: torch.dtype = torch.float32  # of the additive masks (the model's dtype)
     num_tokens: int = 0
     num_decodes: int = 0
     slot_mapping: torch.Tensor | None = None
@@ -95,63 +93,67 @@ class StepMetadata:
     _varlen: VarlenView | None = None
 
     @classmethod
-    def build(cls, spans: list[SeqSpan], block_size: int, device: torch.device | str) -> StepMetadata:
+    def build(cls, spans: list[SeqSpan], block_size: int, device: torch.device | str,
+              dtype: torch.dtype = torch.float32) -> StepMetadata:
         """``spans`` in packed order, decodes (``num_new == 1``) first."""
         device = torch.device(device)
-        meta = cls(spans, block_size, device)
+        meta = cls(spans, block_size, device, dtype)
+        bs = block_size
         nd = 0
         while nd < len(spans) and spans[nd].num_new == 1:
             nd += 1
-        if any(s.num_new == 1 for s in spans[nd:]) or any(s.num_new <= 0 for s in spans):
+        if any(s.num_new <= 1 for s in spans[nd:]):
             raise ValueError("spans must list single-token decodes first and have at least one new token each")
         meta.num_decodes = nd
-        meta.num_tokens = sum(s.num_new for s in spans)
-        new_slots: list[torch.Tensor] = []
+        slots: list[int] = []
         g0 = 0
         while g0 < nd:
             g1 = g0 + 1
-            lo, hi = spans[g0].ctx_len, spans[g0].ctx_len
+            lo = hi = spans[g0].ctx_len
             while g1 < nd and max(hi, spans[g1].ctx_len) <= 2 * min(lo, spans[g1].ctx_len):
                 lo, hi = min(lo, spans[g1].ctx_len), max(hi, spans[g1].ctx_len)
                 g1 += 1
-            dec = spans[g0:g1]
-            ctx = torch.tensor([s.ctx_len for s in dec], dtype=torch.long)
-            nblk = -(-hi // block_size)
-            table = torch.tensor([(s.block_ids[:nblk] + [0] * nblk)[:nblk] for s in dec], dtype=torch.long)
-            ar = torch.arange(hi)
-            slots = _slots_for(table, ar, block_size)
-            slots = torch.where(ar[None, :] < ctx[:, None], slots, 0)  # padding reads slot 0, always masked
-            new_slots.append(slots[torch.arange(len(dec)), ctx - 1])
-            meta.decodes.append(DecodeGroup(g0, g1, slots.to(device), ctx.to(device)))
+            nblk = -(-hi // bs)
+            tables, ctx = [], []
+            for s in spans[g0:g1]:
+                pos = s.start
+                slots.append(s.block_ids[pos // bs] * bs + pos % bs)
+                table = s.block_ids[:nblk]
+                tables.append(table if len(table) == nblk else table + [0] * (nblk - len(table)))
+                ctx.append(pos + 1)
+            meta.decodes.append(DecodeGroup(g0, g1, torch.tensor(tables, dtype=torch.long, device=device),
+                                            torch.tensor(ctx, dtype=torch.long, device=device)))
             g0 = g1
         q = nd
         for s in spans[nd:]:
-            nblk = -(-s.ctx_len // block_size)
-            table = torch.tensor(s.block_ids[:nblk], dtype=torch.long)
-            slots = _slots_for(table, torch.arange(s.ctx_len), block_size)
-            new_slots.append(slots[s.start:])
-            seg_slots = slots.to(device) if s.start > 0 else None
-            meta.prefills.append(PrefillSegment(q, q + s.num_new, s.start, seg_slots))
+            table = s.block_ids
+            slots.extend(table[p // bs] * bs + p % bs for p in range(s.start, s.ctx_len))
+            blocks = None
+            if s.start > 0:
+                blocks = torch.tensor(table[:-(-s.ctx_len // bs)], dtype=torch.long, device=device)
+            meta.prefills.append(PrefillSegment(q, q + s.num_new, s.start, blocks))
             q += s.num_new
-        meta.slot_mapping = torch.cat(new_slots).to(device)
+        meta.num_tokens = q
+        meta.slot_mapping = torch.tensor(slots, dtype=torch.long, device=device)
         return meta
 
     def decode_mask(self, group: int, window: int | None) -> torch.Tensor:
-        """``[rows, 1, 1, max_ctx]`` bool, True where a decode of ``group`` attends (its context, within
+        """``[rows, 1, 1, max_ctx]`` additive mask (0 or -inf), 0 where a decode of ``group`` attends (its context, within
         ``window``)."""
         key = (f"decode{group}", window)
         if key not in self._masks:
             g = self.decodes[group]
-            ar = torch.arange(g.slots.shape[1], device=self.device)[None, :]
+            ar = torch.arange(g.blocks.shape[1] * self.block_size, device=self.device)[None, :]
             ctx = g.ctx_lens[:, None]
             mask = ar < ctx
             if window is not None:
                 mask &= ar >= ctx - window
-            self._masks[key] = mask[:, None, None, :]
+            self._masks[key] = self._additive(mask[:, None, None, :])
         return self._masks[key]
 
     def prefill_mask(self, index: int, window: int | None) -> torch.Tensor | None:
-        """``[q_len, ctx_len]`` bool causal mask of prefill ``index``; None when plain ``is_causal`` is exact
+        """``[q_len, blocks * block_size]`` additive causal mask of prefill ``index`` over its gathered blocks (slots
+        past the context are after every query, so causality masks them); None when plain ``is_causal`` is exact
         (no earlier context and no window that bites)."""
         seg = self.prefills[index]
         if seg.start == 0 and (window is None or window >= seg.q_len):
@@ -159,12 +161,17 @@ class StepMetadata:
         key = (f"prefill{index}", window)
         if key not in self._masks:
             q_pos = torch.arange(seg.start, seg.ctx_len, device=self.device)[:, None]
-            k_pos = torch.arange(seg.ctx_len, device=self.device)[None, :]
+            width = seg.blocks.shape[0] * self.block_size if seg.blocks is not None else seg.ctx_len
+            k_pos = torch.arange(width, device=self.device)[None, :]
             mask = k_pos <= q_pos
             if window is not None:
                 mask &= k_pos > q_pos - window
-            self._masks[key] = mask
+            self._masks[key] = self._additive(mask)
         return self._masks[key]
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        # SDPA turns a bool mask into an additive one on every call; built once here, it serves every layer.
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, float("-inf"))
 
     def varlen(self) -> VarlenView:
         """The packed view for varlen kernels (built on first use)."""
@@ -175,7 +182,8 @@ class StepMetadata:
             for s in self.spans:
                 nblk = -(-s.ctx_len // self.block_size)
                 table = torch.tensor(s.block_ids[:nblk], dtype=torch.long)
-                slots.append(_slots_for(table, torch.arange(s.ctx_len), self.block_size))
+                ar = torch.arange(s.ctx_len)
+                slots.append(table[ar // self.block_size] * self.block_size + ar % self.block_size)
             seq = torch.arange(len(self.spans))
             q_pos = torch.cat([torch.arange(s.start, s.ctx_len) for s in self.spans])
             k_pos = torch.cat([torch.arange(s.ctx_len) for s in self.spans])

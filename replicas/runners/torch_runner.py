@@ -162,26 +162,25 @@ class TorchRunner(ModelRunner):
         """Snapshot ``batch`` into packed order; raise on a block table that does not cover the step."""
         assert self.cache is not None, "kv_capacity_blocks must be called before the first step"
         bs, num_blocks = self.cache.layout.block_size, self.cache.num_blocks
-        entries = []
+        decodes, chunks = [], []
         for index, chunk in enumerate(batch.chunks):
             r, n = chunk.request, chunk.num_new_tokens
             start = r.num_computed_tokens
             end = start + n
-            if n <= 0 or end > r.num_tokens:
+            if n <= 0 or end > len(r.prompt_token_ids) + len(r.output_token_ids):
                 raise ValueError(f"request {r.request_id}: cannot compute tokens [{start}, {end}) of {r.num_tokens}")
-            nblk = -(-end // bs)
-            blocks = list(r.block_ids[:nblk])
-            if len(blocks) < nblk or max(blocks) >= num_blocks or min(blocks) < 0:
+            blocks = r.block_ids[:-(-end // bs)]  # a copy: the engine may change the table after this step
+            if len(blocks) * bs < end or max(blocks) >= num_blocks or min(blocks) < 0:
                 raise ValueError(f"request {r.request_id}: block table {blocks} does not cover {end} tokens "
                                  f"in a pool of {num_blocks} blocks")
-            entries.append((index, chunk, SeqSpan(start, n, blocks)))
+            (decodes if n == 1 else chunks).append((end, index, chunk, SeqSpan(start, n, blocks)))
         # Decodes first, longest context first, so that decode groups pad little; then multi-token chunks.
-        entries.sort(key=lambda e: (e[2].num_new != 1, -e[2].ctx_len if e[2].num_new == 1 else 0))
+        decodes.sort(key=lambda e: -e[0])
         step = PackedStep(num_chunks=len(batch.chunks))
-        for index, chunk, span in entries:
+        for end, index, chunk, span in decodes + chunks:
             step.spans.append(span)
-            step.token_ids.extend(_token_slice(chunk.request, span.start, span.ctx_len))
-            step.positions.extend(range(span.start, span.ctx_len))
+            step.token_ids.extend(_token_slice(chunk.request, span.start, end))
+            step.positions.extend(range(span.start, end))
             if chunk.sample:
                 step.keep_rows.append(len(step.token_ids) - 1)
                 step.sample_chunks.append(index)
@@ -193,7 +192,7 @@ class TorchRunner(ModelRunner):
         """One packed forward pass (writes the step's K/V into the cache) -> logits ``[sampling rows, vocab]``."""
         assert self.cache is not None and self.kernel is not None
         dev = self.device
-        meta = StepMetadata.build(step.spans, self.cache.layout.block_size, dev)
+        meta = StepMetadata.build(step.spans, self.cache.layout.block_size, dev, self.dtype)
         with torch.inference_mode():
             out = self.model(
                 input_ids=torch.tensor(step.token_ids, dtype=torch.long, device=dev)[None],
