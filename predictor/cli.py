@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from foresight.cli import add_group
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = group.add_parser("train", help="train a predictor artifact")
     _data_flags(train)
     train.add_argument("--out", default=None, help="artifact path (default: the package's default artifact)")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=_guarded(cmd_train))
 
     ev = group.add_parser("eval", help="grouped cross-validation, baselines, latency, plot")
     _data_flags(ev)
@@ -35,13 +36,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--plot", default=None, help="PNG of predicted vs true (default: beside --json)")
     ev.add_argument("--folds", type=int, default=5)
     ev.add_argument("--candidates", default="ridge,bucket,stack", help="heads to compare, comma-separated")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=_guarded(cmd_eval))
 
     pr = group.add_parser("predict", help="predict p50/p90 output tokens for JSONL requests")
     pr.add_argument("--model", default=None, help="artifact (default: the shipped artifact)")
     pr.add_argument("--input", required=True, help="JSONL(.gz) rows with messages|prompt|instruction and model")
     pr.add_argument("--output", default="-", help="JSONL out, one {p50, p90} per input row ('-': stdout)")
-    pr.set_defaults(func=cmd_predict)
+    pr.set_defaults(func=_guarded(cmd_predict))
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Expected failures (missing or mismatched artifact, unreadable data) exit 2 with one line, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from predictor.data import DataError
+        from predictor.model import ArtifactError
+
+        try:
+            return func(args)
+        except (ArtifactError, DataError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -127,11 +144,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from predictor.data import DataError, iter_json_rows, request_from_row
 
     model = load_path(args.model)
-    try:
-        requests = [request_from_row(row) for row in iter_json_rows(args.input)]
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    requests = []
+    for i, row in enumerate(iter_json_rows(args.input), 1):
+        try:
+            requests.append(request_from_row(row))
+        except DataError as exc:
+            raise DataError(f"{args.input}: row {i}: {exc}") from exc
     lines = b"".join(orjson.dumps(p.to_dict()) + b"\n" for p in model.predict_batch(requests))
     if args.output == "-":
         sys.stdout.buffer.write(lines)
