@@ -72,7 +72,7 @@ def levels(args: argparse.Namespace) -> list[tuple[str, float]]:
     return [("speedup", args.speedup or 1.0)]
 
 
-def report(args: argparse.Namespace, runs: list[dict[str, Any]], variants: list[Variant], ceiling: float) -> dict:
+def report(runs: list[dict[str, Any]], variants: list[Variant]) -> dict:
     by_label: dict[str, list[dict[str, Any]]] = {v.label: [] for v in variants}
     for r in runs:
         by_label[r["label"]].append(r)
@@ -84,7 +84,6 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], variants: list[
                         "prefix_hit_rate_at_top": top.get("prefix_hit_rate")}
     ratios: dict[str, Any] = {}
     lead = next((v.label for v in variants if v.policy == "foresight"), None)
-    # The collapse level: the highest rate at which round_robin still met 90%... plus one step; we report all.
     if lead:
         for base in by_label:
             if base == lead:
@@ -97,9 +96,13 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], variants: list[
                 if other and other.get("ttft_p90") and r.get("ttft_p90") is not None:
                     per_level[str(r["level"])] = r["ttft_p90"] / other["ttft_p90"]
             ratios[f"ttft_p90 {lead}/{base} by level"] = per_level
-        hits = [r.get("prefix_hit_rate") for r in by_label[lead] if r.get("prefix_hit_rate") is not None]
-        ratios["prefix hit rate / ceiling (best level)"] = (max(hits) / ceiling) if hits and ceiling else None
-    return {"table": table, "ratios": ratios, "prefix_ceiling_of_window": ceiling}
+        ratios["prefix hit rate / ceiling by level"] = {
+            str(r["level"]): r["prefix_hit_rate"] / r["prefix_ceiling"] for r in by_label[lead]
+            if r.get("prefix_hit_rate") is not None and r.get("prefix_ceiling")}
+        ratios["prefix hit rate / fleet-LRU bound by level"] = {
+            str(r["level"]): r["prefix_hit_rate"] / r["fleet_lru_bound"] for r in by_label[lead]
+            if r.get("prefix_hit_rate") is not None and r.get("fleet_lru_bound")}
+    return {"table": table, "ratios": ratios}
 
 
 def print_table(result: dict) -> None:
@@ -152,13 +155,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from bench.prompts import PromptSynth, resolve_tokenizer_dir
 
         synth = PromptSynth(resolve_tokenizer_dir(args.tokenizer))
-    ceiling = 0.0
+    from replicas.runners.cost_model import profile
+
+    fleet_kv = args.replicas * profile(args.sim_profile).kv_capacity_tokens()
     for kind, value in levels(args):
         ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
                                    "rate": value if kind == "rate" else None})
         counter = synth if synth is not None else _ByteCounter()
         reqs = build_workload(ns, counter)
         ceiling = traces.prefix_ceiling(reqs)
+        bound = traces.lru_bound(reqs, fleet_kv) if ceiling else None
         for v in variants:
             if args.mode == "sim":
                 from bench.routing_sim import run_sim
@@ -169,12 +175,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 summary, ttft = run_live(args, v, reqs, synth)
             row = {"label": v.label, "policy": v.policy, "options": v.options, "harness": v.harness,
-                   "level_kind": kind, "level": value, **summary, "ttft": ttft}
+                   "level_kind": kind, "level": value, **summary, "prefix_ceiling": ceiling,
+                   "fleet_lru_bound": bound, "ttft": ttft}
             runs.append(row)
             print(f"[{kind}={value}] {v.label}: offered {summary['offered_rps']:.2f} rps, "
                   f"p90 TTFT {summary['ttft_p90'] if summary['ttft_p90'] is not None else float('nan'):.2f}s, "
                   f"SLO {summary['slo_attainment']:.3f}, hit {summary.get('prefix_hit_rate')}", flush=True)
-    result = report(args, runs, variants, ceiling)
+    result = report(runs, variants)
     print_table(result)
     name = args.name or f"routing-{args.mode}"
     out_prefix = str(results.results_dir() / name)

@@ -19,5 +19,6 @@ def run_sim(args: argparse.Namespace, variant: Any, reqs: list) -> tuple[dict[st
     summary = summarize(out.results, out.virtual_s, args.slo_ttft, args.slo_tpot)
     summary.update(prefix_hit_rate=out.prefix_hit_rate, preemptions=out.preemptions, sim_wall_s=out.wall_s,
                    decision_p50_ms=(pct(out.decision_s, 50) or 0) * 1e3,
-                   decision_p99_ms=(pct(out.decision_s, 99) or 0) * 1e3, policy_stats=out.policy_stats)
+                   decision_p99_ms=(pct(out.decision_s, 99) or 0) * 1e3,
+                   decision_cpu_p99_ms=(pct(out.decision_cpu_s, 99) or 0) * 1e3, policy_stats=out.policy_stats)
     return summary, [r.ttft for r in out.results if r.ttft is not None]

@@ -185,3 +185,31 @@ def prefix_ceiling(reqs: Sequence[TraceRequest]) -> float:
             hits += 1
         seen.update(ids)
     return hits / total if total else 0.0
+
+
+def lru_bound(reqs: Sequence[TraceRequest], capacity_tokens: int, block_tokens: int = MOONCAKE_BLOCK_TOKENS,
+              ) -> float:
+    """Block hit rate of one ideal LRU holding ``capacity_tokens`` (e.g. a whole fleet's KV, perfectly partitioned).
+
+    An upper bound for any router over replicas whose caches add up to that capacity: no prefix is ever held
+    twice and eviction is exact LRU over whole-trace blocks (each request touches its blocks head last, so a
+    shared head outlives its tails).
+    """
+    from collections import OrderedDict
+
+    cap = max(1, capacity_tokens // block_tokens)
+    lru: OrderedDict[int, None] = OrderedDict()
+    hits = total = 0
+    for r in reqs:
+        ids = r.hash_ids or ()
+        total += len(ids)
+        for h in ids:
+            if h not in lru:
+                break
+            hits += 1
+        for h in reversed(ids):
+            lru[h] = None
+            lru.move_to_end(h)
+        while len(lru) > cap:
+            lru.popitem(last=False)
+    return hits / total if total else 0.0

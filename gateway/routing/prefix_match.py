@@ -10,7 +10,7 @@
   DESIGN.md section 2 hashes of the prompt's tokens (``prefix_index_precise``); needs ``tokenizer=PATH``.
 
 ``match`` returns, per candidate replica, the fraction of the prompt it holds (0..1); policies turn it into tokens.
-Options (``--policy-opt``): ``prefix_mode``, ``chunk_chars`` (64), ``index_capacity`` (chunks per replica before
+Options (``--policy-opt``): ``prefix_mode``, ``chunk_chars`` (128), ``index_capacity`` (chunks per replica before
 a load report says better, 65536), ``share_interval`` (s, 0.1), ``tokenizer``.
 """
 
@@ -32,7 +32,7 @@ class PrefixMatcher:
         self.mode = opts.get("prefix_mode", "approx")
         if self.mode not in ("approx", "precise"):
             raise ValueError(f"prefix_mode must be approx or precise, got {self.mode!r}")
-        self.chunk_chars = int(opts.get("chunk_chars", 64))
+        self.chunk_chars = int(opts.get("chunk_chars", 128))
         self.block_size = ctx.block_size
         self.chars_per_token = 4.0  # refined from completed requests (observe)
         self._kv_seen: dict[str, int] = {}  # replica -> KV tokens its LRU was sized for
