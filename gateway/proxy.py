@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -35,6 +36,11 @@ from gateway.metrics import GatewayMetrics
 from gateway.registry import Registry, Replica
 from gateway.routing.base import Decision, Outcome, ReplicaView, RequestView, RoutingPolicy
 from gateway.sticky import StickyRing
+from gateway.stream_state import EventRecorder
+
+if TYPE_CHECKING:
+    from gateway.continuation import Continuation
+    from gateway.overload import OverloadShedder
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,8 @@ class Proxy:
         self.cfg = config
         self.sticky = sticky or StickyRing()
         self.on_slot_free = on_slot_free
+        self.continuation: Continuation | None = None  # mid-stream continuation (gateway.reliability)
+        self.shedder: OverloadShedder | None = None  # work-based load shedding (gateway.reliability)
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                              sock_read=config.read_timeout)
 
@@ -115,6 +123,8 @@ class Proxy:
         if not candidates:
             raise APIError(503, f"no healthy replica can take a request for model '{rv.model}' now",
                            code="no_healthy_replica", retry_after=1)
+        if self.shedder is not None:
+            candidates = self.shedder.admissible(rv, candidates)  # 503 when every replica would only queue it
         decision = self.policy.rank(rv, candidates)
         if rv.session_id:
             pinned = self.sticky.pick(rv.session_id, candidates, list(self.registry.replicas))
@@ -281,7 +291,10 @@ class Proxy:
                 "Content-Type": up.headers.get("Content-Type", "text/event-stream"), "Cache-Control": "no-cache",
                 **extra})
             await resp.prepare(request)
-            await resp.write(first)
+            recorder = EventRecorder()  # whole SSE events only, remembered for a continuation
+            data = recorder.feed(first)
+            if data:
+                await resp.write(data)
             tail = first[-8192:]
             itl = self.metrics.child(self.metrics.itl, rv.route)
             broken: BaseException | None = None
@@ -296,11 +309,16 @@ class Proxy:
                 t = time.monotonic()
                 itl.observe(t - now)
                 now = t
-                await resp.write(chunk)  # waits while the client's socket buffer is full (backpressure)
+                data = recorder.feed(chunk)
+                if data:
+                    await resp.write(data)  # waits while the client's socket buffer is full (backpressure)
                 tail = (tail + chunk)[-8192:]
             if broken is not None or b"[DONE]" not in tail:
-                await self.stream_failed(rv, replica, resp, broken, outcome)
+                await self.stream_failed(rv, replica, resp, broken, outcome, request, recorder)
             else:
+                rest = recorder.rest()
+                if rest:
+                    await resp.write(rest)
                 clean = True
                 outcome.ok, outcome.status = True, 200
                 self._usage(rv, usage_from_sse_tail(tail), outcome)
@@ -319,7 +337,8 @@ class Proxy:
                     up.close()  # abort: the replica sees the disconnect and frees the request
 
     async def stream_failed(self, rv: RequestView, replica: Replica, resp: web.StreamResponse,
-                            error: BaseException | None, outcome: Outcome) -> None:
+                            error: BaseException | None, outcome: Outcome, request: web.Request | None = None,
+                            recorder: EventRecorder | None = None) -> None:
         """A stream broke after bytes reached the client: end it with an error event and ``[DONE]``.
 
         This is the seam for mid-stream continuation (re-sending the prompt plus the text so far elsewhere).
@@ -329,5 +348,8 @@ class Proxy:
         why = f"{type(error).__name__}" if error is not None else "stream ended without [DONE]"
         outcome.error = f"mid_stream: {why}"
         log.warning("request %s: replica %s failed mid-stream (%s)", rv.request_id, replica.id, why)
+        if self.continuation is not None and request is not None and recorder is not None \
+                and await self.continuation.resume(request, rv, replica, resp, recorder):
+            return
         await resp.write(sse_error_event(APIError(502, f"the upstream replica failed mid-stream ({why})",
                                                   code="upstream_stream_error")))
