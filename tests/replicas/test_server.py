@@ -180,3 +180,26 @@ async def test_events_and_load_reports_reach_redis(make_client: Callable[..., An
     assert 0 < await rd.pttl("foresight:load:rq") <= 2000
     assert await rd.zscore("foresight:loads", "rq") and await rd.get("foresight:replica:rq")
     await rd.aclose()
+
+
+async def test_runner_failure_mid_stream_ends_with_an_sse_error(make_client: Callable[..., Any]) -> None:
+    client, engine = await make_client()
+    original = engine.runner.execute
+    calls = 0
+
+    async def flaky(batch: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("simulated device fault")
+        return await original(batch)
+
+    engine.runner.execute = flaky  # type: ignore[method-assign]
+    r = await client.post("/v1/chat/completions", json=chat(stream=True), headers={"X-Sim-Output-Tokens": "50"})
+    events = [line[6:] for line in (await r.text()).split("\n") if line.startswith("data: ")]
+    assert r.status == 200 and events[-1] == "[DONE]"
+    err = orjson.loads(events[-2])["error"]
+    assert err["type"] == "server_error" and "device fault" in err["message"]
+    assert engine.pool.num_used == 0
+    r = await client.post("/v1/chat/completions", json=chat(max_tokens=2))  # the engine goes on
+    assert r.status == 200
