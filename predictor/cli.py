@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from foresight.cli import add_group
 
@@ -36,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--plot", default=None, help="PNG of predicted vs true (default: beside --json)")
     ev.add_argument("--folds", type=int, default=5)
     ev.add_argument("--candidates", default="ridge,bucket,stack", help="heads to compare, comma-separated")
+    ev.add_argument("--embeddings", action="store_true",
+                    help="also cross-validate with sentence embeddings in the text score and time them "
+                         "(needs the 'embeddings' extra)")
     ev.set_defaults(func=_guarded(cmd_eval))
 
     pr = group.add_parser("predict", help="predict p50/p90 output tokens for JSONL requests")
@@ -118,6 +122,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report["artifact"] = {"path": str(args.model or "default"), **{k: artifact.meta.get(k) for k in
                                                                   ("tokenizer", "config", "rows", "data")}}
     report["data"] = meta
+    if args.embeddings:
+        report["embeddings"] = _eval_embeddings(prepared, examples, config, args.folds)
     out = write_json(args.json, report)
     png = Path(args.plot) if args.plot else out.with_suffix(".png")
     chosen = report["candidates"][head]
@@ -133,8 +139,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"latency: single p50={lat['single_p50_us']:.0f}us p99={lat['single_p99_us']:.0f}us (CPU time p99="
           f"{lat['single_cpu_p99_us']:.0f}us, load {lat['loadavg'][0]:.1f}); batch of "
           f"{lat['batch_size']} p50={lat['batch_p50_us']:.0f}us")
+    if args.embeddings:
+        e = report["embeddings"]
+        print(f"with embeddings: tau={e['metrics']['kendall_tau']:.3f} MAE={e['metrics']['mae']:.1f}; embedding one "
+              f"prompt p50={e['latency']['single_p50_us'] / 1e3:.1f}ms p99={e['latency']['single_p99_us'] / 1e3:.1f}ms")
     print(f"wrote {out} and {png}")
     return 0
+
+
+def _eval_embeddings(prepared: Any, examples: list[Any], config: Any, folds: int) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from predictor.embeddings import encode_latency, load_encoder, with_embeddings
+    from predictor.evaluate import cross_validate
+
+    encoder = load_encoder()
+    texts = [e.request.last_user or e.request.text for e in examples]
+    data = with_embeddings(prepared, texts, encoder)
+    # Embeddings add 384 inputs to the ridge text score: a stronger penalty keeps it from overfitting them.
+    emb_config = replace(config, alpha=100.0)
+    report = cross_validate(data, emb_config, [config.head], folds=folds)
+    report.pop("_oof")
+    return {"head": config.head, "alpha": emb_config.alpha, "metrics": {
+        k: v for k, v in report["candidates"][config.head].items() if k != "per_model"},
+        "latency": encode_latency(encoder, texts)}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -192,6 +192,7 @@ class Features:
     sparse: dict[int, float]
     model: str
     max_tokens: int | None
+    extra: np.ndarray | None = None  # optional text-score inputs (sentence embeddings; evaluation only)
 
 
 def extract(req: Request) -> Features:

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 
+EXTRA_SCALE = 2.0  # optional extra inputs (unit-norm embeddings) enter unstandardised, scaled by this
+
+
+def text_inputs(f: Features) -> np.ndarray:
+    return f.dense if f.extra is None else np.concatenate((f.dense, f.extra))
+
+
 def design(features: Sequence[Features], mu: np.ndarray, sd: np.ndarray) -> sp.csr_matrix:
     """Rows of [hashed n-grams | standardised dense] for training (CSR)."""
     import scipy.sparse as sp  # training only: the request path never builds a matrix
@@ -32,7 +39,7 @@ def design(features: Sequence[Features], mu: np.ndarray, sd: np.ndarray) -> sp.c
         indptr.append(len(indices))
     text = sp.csr_matrix((np.asarray(values), np.asarray(indices, np.int64), np.asarray(indptr)),
                          shape=(len(features), N_HASHED))
-    dense = (np.stack([f.dense for f in features]) - mu) / sd
+    dense = (np.stack([text_inputs(f) for f in features]) - mu) / sd
     return sp.hstack([text, sp.csr_matrix(dense)], format="csr")
 
 
@@ -49,10 +56,13 @@ class TextScorer:
             weight: np.ndarray | None = None) -> TextScorer:
         from sklearn.linear_model import Ridge
 
-        dense = np.stack([f.dense for f in features])
-        mu = dense.mean(axis=0)
-        sd = dense.std(axis=0)
-        sd[sd < 1e-9] = 1.0  # constant columns (e.g. max_tokens absent in training) keep a zero weight
+        dense = np.stack([text_inputs(f) for f in features])
+        n = len(features[0].dense)
+        mu = np.zeros(dense.shape[1])
+        sd = np.full(dense.shape[1], 1.0 / EXTRA_SCALE)
+        mu[:n] = dense[:, :n].mean(axis=0)
+        sd[:n] = dense[:, :n].std(axis=0)
+        sd[:n][sd[:n] < 1e-9] = 1.0  # constant columns (e.g. max_tokens absent in training) keep a zero weight
         reg = Ridge(alpha=alpha, solver="sparse_cg", tol=1e-6, max_iter=2000)
         reg.fit(design(features, mu, sd), residual, sample_weight=weight)
         coef = reg.coef_
@@ -63,7 +73,7 @@ class TextScorer:
     def score(self, f: Features) -> float:
         w = self.sparse
         s = sum(w.get(k, 0.0) * v for k, v in f.sparse.items())
-        return s + float(((f.dense - self.mu) / self.sd) @ self.dense) + self.intercept
+        return s + float(((text_inputs(f) - self.mu) / self.sd) @ self.dense) + self.intercept
 
     def score_batch(self, features: Sequence[Features]) -> np.ndarray:
         return np.array([self.score(f) for f in features])
