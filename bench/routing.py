@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = parse_variants(args.policies, args.external or [])
     runs: list[dict[str, Any]] = []
     synth = None
-    if args.mode == "live":
+    if args.mode == "live" or args.content:
+        # Live: builds the prompts; both modes: measures real prompts and responses of --content in tokens.
         from bench.prompts import PromptSynth, resolve_tokenizer_dir
 
         synth = PromptSynth(resolve_tokenizer_dir(args.tokenizer))
@@ -161,8 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for kind, value in levels(args):
         ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
                                    "rate": value if kind == "rate" else None})
-        counter = synth if synth is not None else _ByteCounter()
-        reqs = build_workload(ns, counter)
+        reqs = build_workload(ns, synth)
         ceiling = traces.prefix_ceiling(reqs)
         bound = traces.lru_bound(reqs, fleet_kv) if ceiling else None
         for v in variants:
@@ -189,14 +189,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = {k: v for k, v in vars(args).items() if k != "func"}
     results.write_json(args.json or out_prefix + ".json", {"config": config, **result, "runs": runs})
     return result
-
-
-class _ByteCounter:
-    """Token counting for sim mode: the simulation tokenizes content as bytes (see ``bench.des.cluster``)."""
-
-    @staticmethod
-    def count(text: str) -> int:
-        return len(text.encode())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ from foresight.hashing import block_ids
 from gateway.accounting import Ticket
 from gateway.estimator import HistoryEstimator, OutputEstimate
 from gateway.routing.base import InflightCounts, Outcome, PolicyContext, ReplicaView, RequestView, create_policy
+from gateway.state.memory import MemoryStore
 from replicas.runners.cost_model import profile
 
 
@@ -36,7 +37,7 @@ class SimConfig:
     options: dict[str, str] = field(default_factory=dict)
     gateways: int = 1
     report_interval: float = 0.1
-    estimator: str = "history"  # history | oracle | none
+    estimator: str = "history"  # history (the gateway's fallback) | predictor (the learned one) | oracle
     drain_s: float = 900.0  # after the last arrival, unfinished requests count as failed
     kv_blocks: int | None = None
     max_num_seqs: int = 256
@@ -89,7 +90,10 @@ class Cluster:
         self.policies = []
         self.views: list[list[ReplicaView]] = []
         for g in range(cfg.gateways):
-            ctx = PolicyContext(f"gw{g}", options={"seed": str(g), **cfg.options}, block_size=cfg.block_size)
+            # Several gateways get a store so their index deltas queue up; the tick delivers them (no event loop).
+            store = MemoryStore() if cfg.gateways > 1 else None
+            ctx = PolicyContext(f"gw{g}", store=store, options={"seed": str(g), **cfg.options},
+                                block_size=cfg.block_size)
             self.policies.append(create_policy(cfg.policy, ctx))
             self.views.append([ReplicaView(r.id, f"sim://{r.id}", ("sim",)) for r in self.replicas])
         self.precise = [getattr(getattr(p, "matcher", None), "precise", None) for p in self.policies]
@@ -101,6 +105,10 @@ class Cluster:
             self.estimators: list[Any] = [HistoryEstimator() for _ in range(cfg.gateways)]
         elif cfg.estimator == "oracle":
             self.estimators = [OracleEstimator() for _ in range(cfg.gateways)]
+        elif cfg.estimator == "predictor":
+            from gateway.predictor_adapter import PredictorEstimator
+
+            self.estimators = [PredictorEstimator.load("default") for _ in range(cfg.gateways)]
         else:
             raise ValueError(f"unknown estimator {cfg.estimator!r}")
         self.heap: list[tuple[float, int, str, Any]] = []
@@ -118,9 +126,15 @@ class Cluster:
         g = req.index % self.cfg.gateways
         tokens = prompt_tokens(req) if req.prompt is None else list(req.prompt.encode())[: max(1, req.input_length)]
         text = prompt_text(tokens) if req.prompt is None else req.prompt
-        body = {"_true_output": req.output_length}
-        est = self.estimators[g].estimate("sim", body, text, len(tokens))
-        view = RequestView(f"q{req.index}", "sim", "completions", text, body, None, len(tokens), est.p50, est.p90)
+        # Content requests are chat requests to the model that answered them in the dataset (its name is the
+        # strongest length cue a gateway serving several models has); trace requests are bare completions.
+        model = req.tag or "sim"
+        body: dict[str, Any] = {"_true_output": req.output_length, "model": model}
+        if req.prompt is not None:
+            body["messages"] = [{"role": "user", "content": req.prompt}]
+        est = self.estimators[g].estimate(model, body, text, len(tokens))
+        view = RequestView(f"q{req.index}", model, "chat" if req.prompt is not None else "completions", text, body,
+                           None, len(tokens), est.p50, est.p90)
         if self.precise[g] is not None:
             view.scratch["prefix_keys"] = block_ids(tokens, self.cfg.block_size)
             view.scratch["prompt_token_count"] = len(tokens)
@@ -160,7 +174,7 @@ class Cluster:
             res.status = "ok"
             res.e2e = t - live.sent
             res.tpot = (t - live.first) / (res.output_tokens - 1) if res.output_tokens > 1 else 0.0
-            self.estimators[live.gateway].observe("sim", live.view.body, live.view.prompt_text,
+            self.estimators[live.gateway].observe(live.view.model, live.view.body, live.view.prompt_text,
                                                   live.view.prompt_tokens, res.output_tokens)
         else:
             res.error = "unfittable or unfinished"

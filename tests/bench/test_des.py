@@ -1,0 +1,111 @@
+"""The discrete-event simulation reuses the real policies, accounting and engine; the routing/scale harnesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.des.cluster import Cluster, SimConfig
+from bench.latency import summarize
+from bench.routing import goodput, parse_variants
+from bench.traces import TraceRequest, lru_bound, prefix_ceiling
+
+
+def conversations(groups: int = 6, turns: int = 6, gap: float = 0.4) -> list[TraceRequest]:
+    """``groups`` conversations whose turns extend a growing shared prefix of 512-token blocks."""
+    out = []
+    for t in range(turns):
+        for g in range(groups):
+            ids = tuple([0] + [1000 * (g + 1) + k for k in range(2 + 2 * t)])
+            out.append(TraceRequest(len(out), t * gap * groups + g * gap, 512 * len(ids) - 100, 20, ids))
+    return out
+
+
+def run(policy: str, reqs: list[TraceRequest], **kw) -> tuple:
+    cluster = Cluster(SimConfig(policy, replicas=4, **kw))
+    out = cluster.run(reqs)
+    return cluster, out, summarize(out.results, out.virtual_s, 5.0, 1.0)
+
+
+def test_every_request_completes_with_latencies_and_decisions() -> None:
+    reqs = conversations()
+    _, out, s = run("foresight", reqs)
+    assert s["completed"] == len(reqs) and s["failed"] == 0
+    assert all(r.ttft is not None and 0 < r.ttft <= r.e2e for r in out.results)
+    assert all(r.output_tokens == 20 for r in out.results)  # forced lengths, as X-Sim-Output-Tokens does
+    assert len(out.decision_s) == len(reqs) and len(out.decision_cpu_s) == len(reqs)
+
+
+def test_cache_aware_policies_hit_more_than_round_robin() -> None:
+    reqs = conversations()
+    hits = {p: run(p, reqs)[1].prefix_hit_rate for p in ("round_robin", "prefix", "foresight")}
+    ceiling = prefix_ceiling(reqs)
+    assert hits["prefix"] > hits["round_robin"] + 0.15, hits
+    assert hits["foresight"] > hits["round_robin"] + 0.15, hits
+    assert hits["foresight"] <= ceiling + 0.05  # hits are measured in tokens, the ceiling in 512-token blocks
+
+
+def test_precise_mode_learns_from_kv_events() -> None:
+    from bench.prompts import resolve_tokenizer_dir
+
+    reqs = conversations()
+    opts = {"prefix_mode": "precise", "tokenizer": str(resolve_tokenizer_dir("tiny"))}
+    cluster, out, _ = run("foresight", reqs, options=opts)
+    index = cluster.policies[0].matcher.precise.index
+    assert len(index.index) > 0 and all(s.seq is not None and not s.stale for s in index.streams.values())
+    assert max(s.seq for s in index.streams.values()) > 5  # batches applied in sequence, no gap
+    assert out.prefix_hit_rate > run("round_robin", reqs)[1].prefix_hit_rate + 0.15
+
+
+def test_gateways_share_index_deltas_and_inflight_counts() -> None:
+    cluster, _, s = run("foresight", conversations(), gateways=2)
+    shared = [p.matcher.shared for p in cluster.policies]
+    assert all(x.applied_remote > 0 for x in shared)
+    assert s["completed"] == 36
+
+
+def test_oracle_estimator_sees_true_lengths_and_history_does_not() -> None:
+    reqs = conversations(groups=2, turns=2)
+    oracle, _, _ = run("foresight", reqs, estimator="oracle")
+    assert oracle.estimators[0].estimate("m", {"_true_output": 77}, "", 1).p50 == 77
+    history, _, _ = run("foresight", reqs)
+    assert history.estimators[0].estimate("m", {"_true_output": 77}, "", 1).p50 != 77
+
+
+def test_lru_bound_is_below_the_ceiling_and_reaches_it_with_room() -> None:
+    reqs = conversations()
+    assert lru_bound(reqs, 10**9) == pytest.approx(prefix_ceiling(reqs))
+    assert lru_bound(reqs, 3 * 512) < prefix_ceiling(reqs)
+
+
+def test_variants_and_goodput() -> None:
+    vs = parse_variants("round_robin,nopred=foresight?predictor=off&near_rel=0.2", ["sgl=python -m x --port {port}"])
+    assert [(v.label, v.policy) for v in vs] == [("round_robin", "round_robin"), ("nopred", "foresight"),
+                                                  ("sgl", "external")]
+    assert vs[1].options == {"near_rel": "0.2"} and vs[1].harness == {"predictor": "off"}
+    assert vs[2].external == "python -m x --port {port}"
+    with pytest.raises(ValueError):
+        parse_variants("", ["broken"])
+    rows = [{"offered_rps": 1.0, "slo_attainment": 0.99}, {"offered_rps": 2.0, "slo_attainment": 0.91},
+            {"offered_rps": 3.0, "slo_attainment": 0.5}]
+    assert goodput(rows) == 2.0 and goodput(rows[2:]) is None
+
+
+@pytest.mark.slow
+def test_scale_command_writes_rows_and_goals(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "scale", "--fleets", "2,4",
+                           "--policies", "round_robin,foresight", "--requests-per-replica", "3",
+                           "--json", str(out), "--name", "test-scale"],
+                          capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert [(r["replicas"], r["policy"]) for r in data["rows"]] == [
+        (2, "round_robin"), (2, "foresight"), (4, "round_robin"), (4, "foresight")]
+    assert all(r["decision_p99_ms"] > 0 and r["decision_cpu_p99_ms"] > 0 for r in data["rows"])
+    assert (tmp_path / "test-scale.png").exists()
