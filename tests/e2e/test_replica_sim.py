@@ -70,20 +70,24 @@ def ttft(replica: ProjectProcess, content: str) -> tuple[float, int, int]:
 
 
 def test_identical_long_prompt_hits_the_prefix_cache(replica: ProjectProcess) -> None:
-    content = " ".join(f"fact {i}: the replica caches prefix blocks." for i in range(130))
-    cold, n, cached0 = ttft(replica, content)
-    warm, n2, cached = ttft(replica, content)
-    assert n == n2 > 2500 and cached0 == 0 and cached == (n - 1) // 16 * 16
+    prompts = [" ".join(f"fact {i} of {tag}: the replica caches prefix blocks." for i in range(120))
+               for tag in ("alpha", "beta")]
+    colds = [ttft(replica, p) for p in prompts]  # distinct first blocks: no hit between them
+    warms = [ttft(replica, p) for p in prompts for _ in range(2)]
+    n = colds[0][1]
+    assert n > 2500 and all(c[2] == 0 for c in colds)
+    assert all(w[2] == (w[1] - 1) // 16 * 16 for w in warms)  # everything but the last partial block hits
     cost = profile(PROFILE)
-    predicted = cost.prefill_time(n, cached) / cost.prefill_time(n)
-    measured = warm / cold
-    # TTFT falls in proportion to the cached tokens, as the cost model predicts (generous margin for HTTP noise).
+    predicted = cost.prefill_time(n, warms[0][2]) / cost.prefill_time(n)
+    # Load on a shared host only ever adds time: the fastest of each kind is the fairest sample.
+    measured = min(w[0] for w in warms) / min(c[0] for c in colds)
+    # TTFT falls in proportion to the cached tokens, as the cost model predicts (margin for HTTP and host noise).
     assert predicted < 0.1
-    assert measured < predicted + 0.15, (cold, warm, predicted)
+    assert measured < predicted + 0.15, (colds, warms, predicted)
     metrics = urllib.request.urlopen(replica.url + "/metrics", timeout=10).read().decode()
     hits = [float(line.split()[-1]) for line in metrics.splitlines()
             if line.startswith("foresight_replica_prefix_hit_tokens_total")]
-    assert hits and hits[0] >= cached
+    assert hits and hits[0] >= sum(w[2] for w in warms)
 
 
 def test_disconnecting_client_frees_its_blocks(replica: ProjectProcess) -> None:
