@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from foresight.hashing import DEFAULT_BLOCK_SIZE, DEFAULT_HASH_SEED
 from gateway.reliability import ReliabilityConfig
 from gateway.routing.base import DEFAULT_POLICY
 
@@ -46,8 +47,8 @@ class GatewayConfig:
     sync_interval: float = 0.1
     state_ttl: float = 2.0
     # Routing
-    block_size: int = 16
-    hash_seed: str = "foresight"
+    block_size: int = DEFAULT_BLOCK_SIZE
+    hash_seed: str = DEFAULT_HASH_SEED
     sticky_epsilon: float = 0.25
     access_log: bool = False
     # Hardening, shedding, mid-stream continuation (gateway/reliability.py)
