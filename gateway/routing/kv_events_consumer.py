@@ -93,12 +93,11 @@ class KVEventsConsumer:
                 self._changed.clear()
                 continue
             try:
-                reply = await self.client.xread(dict(self.cursor), block=200, count=512)
-            except Exception as e:  # noqa: BLE001 - Redis down or reconnecting: back off, the snapshot covers the gap
+                reply = await self.client.xread(dict(self.cursor), block=100, count=512)
+            except Exception as e:  # noqa: BLE001 - Redis slow, down or reconnecting: back off and retry
+                # The cursor survives, so a failed read loses nothing; events trimmed meanwhile show as a seq gap.
                 log.debug("kv events read failed: %s", e)
-                for replica in self.urls:
-                    self.index.stream(replica).stale = True
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
                 continue
             for key, entries in reply or ():
                 key = key.decode() if isinstance(key, bytes) else key
