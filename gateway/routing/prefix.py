@@ -7,7 +7,8 @@ Per request, with ``load`` = requests in flight on a replica as routers count th
 2. Otherwise take the replica with the longest cached prefix (SGLang: an approximate radix tree of the text
    routed to each worker; here the same idea at chunk granularity, ``PrefixMatcher``). If its match rate
    (matched / prompt characters) exceeds ``cache_threshold`` (0.3), route there.
-3. Otherwise route to the least loaded replica.
+3. Otherwise route to the least loaded replica (as the issue specifies); ``miss_choice=smallest_tree`` routes to
+   the replica whose index holds the least instead, as SGLang's router README describes for this case.
 
 The chosen replica then "holds" the prompt (recorded on dispatch, like SGLang inserts the text into its tree).
 Ties are broken at random. The ranking after the first entry (the retry order) is by load.
@@ -33,6 +34,9 @@ class PrefixPolicy(RoutingPolicy):
         self.rel_threshold = float(opts.get("balance_rel_threshold", 1.5))
         self.cache_threshold = float(opts.get("cache_threshold", 0.3))
         self.matcher = PrefixMatcher(ctx)
+        self.miss_choice = opts.get("miss_choice", "least_load")
+        if self.miss_choice not in ("least_load", "smallest_tree"):
+            raise ValueError(f"miss_choice must be least_load or smallest_tree, got {self.miss_choice!r}")
         self.rng = random.Random(opts.get("seed"))
 
     def rank(self, request: RequestView, replicas: Sequence[ReplicaView]) -> Decision:
@@ -49,6 +53,10 @@ class PrefixPolicy(RoutingPolicy):
             if best > self.cache_threshold:
                 tied = [r for r in replicas if rates.get(r.id, 0.0) == best]
                 chosen, reason = self.rng.choice(tied), "cache_hit"
+            elif self.miss_choice == "smallest_tree":
+                lru = self.matcher.index.lru
+                chosen = min(replicas, key=lambda r: (len(lru.get(r.id, ())), loads[r.id], self.rng.random()))
+                reason = "cache_miss->smallest_tree"
             else:
                 chosen, reason = by_load[0], "cache_miss->least_load"
         ranked = [chosen.id] + [r.id for r in by_load if r.id != chosen.id]

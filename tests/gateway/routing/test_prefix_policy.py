@@ -106,3 +106,13 @@ async def test_two_gateways_share_the_index_through_redis(redis_url: str) -> Non
             await p.close()
         for s in stores:
             await s.close()
+
+
+def test_smallest_tree_variant_sends_misses_to_the_emptiest_index() -> None:
+    policy = create_policy("prefix", PolicyContext("g", options={"miss_choice": "smallest_tree"}))
+    replicas = views(0, 0)
+    first = route(policy, req("a" * 4000), replicas)
+    other = "r1" if first == "r0" else "r0"
+    replicas[int(other[1])].local = InflightCounts(3)  # busier, but it holds nothing
+    decision = policy.rank(req("b" * 4000), replicas)
+    assert decision.ranked[0] == other and "smallest_tree" in decision.reason
