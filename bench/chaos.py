@@ -21,13 +21,15 @@ def run_scenario(name: str, quick: bool = False, duration: float | None = None, 
     if name == "replica-kill":
         from bench.chaos_replicas import replica_kill
 
-        kw = {"warmup": 1.5, "down": 1.5, "after": 2.0, "workers": 8, "tokens": 60} if quick else {}
-        return asyncio.run(replica_kill(gateway_args=gateway_args, **kw))
+        if quick:  # short breaker backoff: re-admission within the test's time, not the default's seconds
+            return asyncio.run(replica_kill(gateway_args=(*gateway_args, "--breaker-backoff", "0.25"),
+                                            warmup=1.5, down=1.0, after=1.0, workers=8, tokens=60))
+        return asyncio.run(replica_kill(gateway_args=gateway_args))
     if name == "replica-slow":
         from bench.chaos_replicas import replica_slow
 
         return asyncio.run(replica_slow(phase=duration or (3.0 if quick else 15.0), gateway_args=gateway_args,
-                                        **({"workers": 8, "tokens": 30} if quick else {})))
+                                        **({"workers": 6, "tokens": 30, "replicas": 3} if quick else {})))
     if name == "redis-outage":
         from bench.chaos_redis import redis_outage
 

@@ -186,6 +186,15 @@ class Cluster:
             self.wait_routable(g, len(self.replicas))
         return self
 
+    def restart_gateway(self, i: int, extra_args: tuple = ()) -> Proc:
+        """Stop gateway ``i`` and start it again on the same port with ``extra_args`` added."""
+        old = self.gateways[i]
+        old.stop()
+        g = Proc(old.name, [*old.cmd, *extra_args], old.port, old.log)
+        self.gateways[i] = g.start().wait_healthy()
+        self.wait_routable(g, len(self.replicas))
+        return g
+
     def wait_routable(self, g: Proc, n: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -149,9 +149,15 @@ def run_examples(strategy: st.SearchStrategy, n: int, fn: Callable, seed: int) -
     drive()
 
 
-def fuzz(requests: int = 10_000, seed: int = 0) -> dict:
-    cl = Cluster(replicas=1, replica_args=("--sim-output-mean", "4"),
-                 gateway_args=("--max-tokens-limit", "64", "--conn-rate", "0")).start()
+def fuzz_cluster() -> Cluster:
+    """One sim replica with short answers behind a gateway without a per-connection rate (so every request
+    reaches validation and routing)."""
+    return Cluster(replicas=1, replica_args=("--sim-output-mean", "4"),
+                   gateway_args=("--max-tokens-limit", "64", "--conn-rate", "0")).start()
+
+
+def fuzz(requests: int = 10_000, seed: int = 0, cluster: Cluster | None = None) -> dict:
+    cl = cluster or fuzz_cluster()
     try:
         gw = cl.gateways[0]
         fz = Fuzzer("127.0.0.1", gw.port)
@@ -167,7 +173,8 @@ def fuzz(requests: int = 10_000, seed: int = 0) -> dict:
         rss_end = rss_bytes(gw.pid) if alive else 0
         elapsed = time.monotonic() - t0
     finally:
-        cl.close()
+        if cluster is None:
+            cl.close()
     total = sum(fz.statuses.values())
     return {"scenario": "fuzz", "requests": total, "elapsed_s": elapsed, "by_status": dict(fz.statuses),
             "server_errors": sum(v for k, v in fz.statuses.items() if k.startswith("5")),

@@ -57,7 +57,8 @@ class Sent:
 
 
 def prompt(rng: random.Random, words: int = 40) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(words))
+    """A prompt with its own first words (no shared prefix: routing by cache affinity stays out of the way)."""
+    return f"Request {rng.randrange(10**9)}: " + " ".join(rng.choice(WORDS) for _ in range(words))
 
 
 async def stream_chat(session: aiohttp.ClientSession, gateway: str, tokens: int, text: str,

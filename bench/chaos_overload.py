@@ -6,8 +6,8 @@ the unloaded latency measured first in the same run (one request at a time). The
 ``least_load`` (with identical replicas, the replica with the fewest requests is the one that would start it
 soonest, which is also what shedding assumes).
 
-overload: the latency target is "admitted TTFT within 2x the unloaded p99", so the gateway is restarted with its
-queueing budget (``--shed-queue-delay``) set to the unloaded p99 TTFT; then Poisson arrivals at 3x capacity.
+overload: the latency target is "admitted TTFT within 2x the unloaded p99", so the gateway is restarted (replicas
+kept) with its queueing budget (``--shed-queue-delay``) set to the unloaded p99 TTFT; then Poisson arrivals at 3x capacity.
 Reported: how fast excess requests were rejected (client-side latency of 429/503 answers, all carrying
 ``Retry-After``), admitted p99 TTFT over the unloaded p99, failures.
 
@@ -34,6 +34,7 @@ def _cluster(shed: float | None) -> Cluster:
     return Cluster(replicas=2, replica_args=("--max-num-seqs", str(SEQS)), gateway_args=tuple(args)).start()
 
 
+
 async def unloaded(session: aiohttp.ClientSession, gateway: str, n: int, rng: random.Random) -> list[Sent]:
     out = []
     for _ in range(n):
@@ -47,16 +48,11 @@ async def overload(duration: float = 15.0, factor: float = 3.0, quick: bool = Fa
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await unloaded(session, cl.gateways[0].url, 5, rng)  # warm up
-            base = await unloaded(session, cl.gateways[0].url, 20 if quick else 60, rng)
-    finally:
-        cl.close()
-    base_sum = summary(base)
-    capacity = 2 * SEQS / base_sum["e2e_p50_s"]
-    budget = base_sum["ttft_p99_s"]
-    cl = _cluster(shed=budget)
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            gw = cl.gateways[0].url
+            base = await unloaded(session, cl.gateways[0].url, 15 if quick else 60, rng)
+            base_sum = summary(base)
+            capacity = 2 * SEQS / base_sum["e2e_p50_s"]
+            budget = base_sum["ttft_p99_s"]
+            gw = (await asyncio.to_thread(cl.restart_gateway, 0, ("--shed-queue-delay", f"{budget:.4f}"))).url
             sent = await open_loop(capacity * factor, duration, lambda i: stream_chat(session, gw, TOKENS,
                                                                                       prompt(rng)))
     finally:
@@ -85,7 +81,7 @@ async def soak(duration: float = 1800.0, load: float = 0.7, sample_every: float 
     try:
         gw = cl.gateways[0]
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            base = summary(await unloaded(session, gw.url, 20, rng))
+            base = summary(await unloaded(session, gw.url, 8 if duration < 60 else 30, rng))
             capacity = 2 * SEQS / base["e2e_p50_s"]
             t0 = time.monotonic()
 

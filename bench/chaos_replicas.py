@@ -1,7 +1,7 @@
 """Chaos scenarios on replicas: ``replica-kill`` (SIGKILL under streaming load) and ``replica-slow`` (one 10x slower).
 
-replica-kill: 4 sim replicas behind one gateway, closed-loop streaming load. One replica is SIGKILLed while streams
-are running on it; the report says how many requests failed among those not yet streaming from it (goal 0), how
+replica-kill: 4 sim replicas behind one gateway, closed-loop streaming load. The replica with the most requests in
+flight is SIGKILLed while streams are running on it; the report says how many requests failed among those not yet streaming from it (goal 0), how
 many of its in-flight streams the client saw complete correctly (continued on another replica), how long the
 gateway took to eject it, and, after a restart on the same port, to re-admit it and route to it again.
 
@@ -19,7 +19,7 @@ import time
 
 import aiohttp
 
-from bench.chaos_cluster import ADMIN_TOKEN, Cluster, Throttle
+from bench.chaos_cluster import ADMIN_TOKEN, Cluster, Proc, Throttle
 from bench.chaos_load import Sent, closed_loop, failures, prompt, stream_chat, summary
 
 
@@ -31,6 +31,14 @@ async def poll_replica(session: aiohttp.ClientSession, gateway: str, replica_url
     except (aiohttp.ClientError, TimeoutError):
         return None
     return next((x for x in data["replicas"] if x["url"] == replica_url), None)
+
+
+async def busiest(session: aiohttp.ClientSession, gateway: str, cl: Cluster) -> Proc:
+    """The replica with the most requests in flight from the gateway: the one whose death hurts most."""
+    async with session.get(gateway + "/admin/replicas", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        data = await r.json()
+    counts = {x["url"]: x["inflight"]["requests"] for x in data["replicas"]}
+    return max(cl.replicas, key=lambda p: counts.get(p.url, 0))
 
 
 async def wait_until(session: aiohttp.ClientSession, gateway: str, url: str, cond, timeout: float) -> float | None:
@@ -46,7 +54,6 @@ async def wait_until(session: aiohttp.ClientSession, gateway: str, url: str, con
 async def replica_kill(workers: int = 16, tokens: int = 100, warmup: float = 3.0, down: float = 3.0,
                        after: float = 4.0, replicas: int = 4, gateway_args: tuple = ()) -> dict:
     cl = Cluster(replicas=replicas, gateway_args=gateway_args).start()
-    victim = cl.replicas[0]
     gw = cl.gateways[0].url
     rng = random.Random(0)
     stop = [False]
@@ -55,6 +62,7 @@ async def replica_kill(workers: int = 16, tokens: int = 100, warmup: float = 3.0
             load = asyncio.create_task(closed_loop(workers, lambda: stop[0],
                                                    lambda w: stream_chat(session, gw, tokens, prompt(rng))))
             await asyncio.sleep(warmup)
+            victim = await busiest(session, gw, cl)
             t_kill = time.monotonic()
             victim.signal(signal.SIGKILL)
             t_ejected = await wait_until(session, gw, victim.url, lambda s: not s["routable"], 10.0)

@@ -8,8 +8,9 @@ Contract (the seam is ``Proxy.stream_failed``):
   assistant message with ``continue_final_message: true, add_generation_prompt: false``, the vLLM extension our
   replicas also honour; completions: ``prompt + text``), and ``max_tokens`` (and a simulated replica's
   ``X-Sim-Output-Tokens``) reduced by the tokens already produced.
-- Token counts are exact, not estimated: two 1-token probes on the new replica, sent in parallel, give the prompt
-  tokens of the original request and of the continuation; their difference is the tokens already produced. They also
+- Token counts are measured, not estimated: two 1-token probes on the new replica, sent in parallel, give the
+  prompt tokens of the original request and of the continuation; their difference is the tokens already produced
+  (at least the number of text chunks relayed, since re-tokenising text may merge two generated tokens). They also
   warm the replica's prefix cache, so the continuation's own prefill is nearly free. Final usage: prompt tokens of
   the original request, completion tokens summed over the replicas.
 - Bounded: at most ``max_continuations`` replicas are tried (each never one that already failed this stream); if all
@@ -165,7 +166,8 @@ class Continuation:
         if state.text:
             orig_pt, cont_pt = await asyncio.gather(self._prompt_tokens(replica, rv.route, body, probe_headers),
                                                     self._prompt_tokens(replica, rv.route, cont, probe_headers))
-            produced = max(0, cont_pt - orig_pt)
+            # Re-tokenising the text can merge tokens at the boundary; every text chunk was at least one token.
+            produced = max(cont_pt - orig_pt, state.text_chunks)
         else:
             orig_pt, produced = None, 0
         usage_base = (orig_pt, produced)

@@ -109,6 +109,7 @@ class StreamState:
     model: str | None = None
     object: str | None = None
     text: str = ""
+    text_chunks: int = 0  # chunks that carried text: each is at least one token
     role_sent: bool = False
     finish_reason: str | None = None
     usage_sent: bool = False
@@ -124,7 +125,10 @@ class StreamState:
             self.model, self.object = obj.get("model"), obj.get("object")
         if is_role_chunk(obj):
             self.role_sent = True
-        self.text += chunk_text(obj)
+        text = chunk_text(obj)
+        if text:
+            self.text += text
+            self.text_chunks += 1
         self.finish_reason = finish_reason(obj) or self.finish_reason
         if isinstance(obj.get("usage"), dict):
             self.usage_sent = True

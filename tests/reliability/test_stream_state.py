@@ -66,3 +66,8 @@ def test_continuation_bodies() -> None:
     assert continuation_body("completions", {"model": "m", "prompt": [1, 2]}, "x", 1) is None
     assert not continuable("completions", {"prompt": [1, 2]})
     assert not continuable("chat", {"n": 2}) and continuable("chat", {"n": 1})
+
+
+def test_text_chunks_counted() -> None:
+    s = StreamState.from_bytes(ev(ROLE) + ev(text("a")) + ev(text("")) + ev(text("bc")))
+    assert s.text == "abc" and s.text_chunks == 2
