@@ -213,13 +213,10 @@ class RedactSecrets(logging.Filter):
 
 
 def install_redaction(logger: logging.Logger | None = None) -> RedactSecrets:
-    """Attach one ``RedactSecrets`` to every handler of ``logger`` (root by default); idempotent."""
+    """Attach one ``RedactSecrets`` to every handler of ``logger`` (root by default) that lacks one."""
     logger = logger or logging.getLogger()
-    for h in logger.handlers:
-        for f in h.filters:
-            if isinstance(f, RedactSecrets):
-                return f
     f = RedactSecrets()
     for h in logger.handlers:
-        h.addFilter(f)
+        if not any(isinstance(x, RedactSecrets) for x in h.filters):
+            h.addFilter(f)
     return f

@@ -207,3 +207,12 @@ def test_secrets_are_redacted_in_logs(caplog: pytest.LogCaptureFixture) -> None:
         for leaked in ("sk-abcdef123456", "hunter2", "topsecret", "t0k3n"):
             assert leaked not in msg, msg
         assert "***" in msg
+
+
+async def test_running_gateway_redacts_what_reaches_the_log_handlers(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with cluster(1):
+        logging.getLogger("gateway.test").warning("upstream said: Authorization: Bearer sk-live-0123456789 at "
+                                                  "redis://user:pw123@host/0")
+    assert "sk-live-0123456789" not in caplog.text and "pw123" not in caplog.text
+    assert "Bearer ***" in caplog.text
