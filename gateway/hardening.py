@@ -42,11 +42,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class HardeningConfig:
     max_header_bytes: int = 16384
     max_headers: int = 64
-    header_timeout: float = 15.0
+    header_timeout: float = 30.0  # also how long an idle keep-alive connection is kept
     body_timeout: float = 30.0
     idle_timeout: float = 60.0
-    conn_rate: float = 200.0
-    conn_burst: float = 400.0
+    # Far above any single honest connection (a load balancer multiplexes many clients over a few), far below a
+    # flood: per-key limits (gateway/ratelimit.py) are the finer control.
+    conn_rate: float = 1000.0
+    conn_burst: float = 2000.0
 
 
 def handler_args(cfg: HardeningConfig) -> dict[str, object]:
