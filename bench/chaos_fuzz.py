@@ -8,7 +8,8 @@ Two generators, both Hypothesis strategies (so the inputs are diverse and reprod
   values (control bytes, no colon, huge), conflicting or bogus ``Content-Length`` / ``Transfer-Encoding`` and
   random bodies.
 Reported: answers by status class, ``server_errors`` (>= 500: goal 0), ``crashes`` (the gateway died or stopped
-answering ``/health``: goal 0) and the gateway's RSS before and after (stable memory).
+answering ``/health``: goal 0), the gateway's RSS before and after (stable memory), and a schemathesis run against
+the gateway's ``/openapi.json`` (server errors: goal 0; its other checks, schema conformance, reported as found).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def fuzz(requests: int = 10_000, seed: int = 0, cluster: Cluster | None = None) 
         n_http = requests * 6 // 10 - warm
         run_examples(openai_request, n_http, fz.http, seed + 1)
         run_examples(raw_request, requests - n_http - warm, fz.raw, seed + 2)
+        schema_run = schemathesis_run(gw.url, max(20, requests // 50))
         alive = gw.popen is not None and gw.popen.poll() is None
         healthy = alive and get_json(gw.url + "/health").get("status") == "ok"
         rss_end = rss_bytes(gw.pid) if alive else 0
@@ -180,4 +182,25 @@ def fuzz(requests: int = 10_000, seed: int = 0, cluster: Cluster | None = None) 
             "server_errors": sum(v for k, v in fz.statuses.items() if k.startswith("5")),
             "crashes": 0 if healthy else 1, "gateway_rss_start_mb": rss_start / 2**20,
             "gateway_rss_end_mb": rss_end / 2**20, "rss_growth": rss_end / rss_start - 1 if rss_start else None,
-            "server_error_examples": fz.examples}
+            "server_error_examples": fz.examples, "schemathesis": schema_run}
+
+
+def schemathesis_run(gateway: str, examples: int) -> dict:
+    """schemathesis against ``/openapi.json``: the server-error check (the goal), then every check (reported)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("schemathesis")
+    if not exe.exists():
+        return {"skipped": "schemathesis not installed"}
+    out = {}
+    for checks in ("not_a_server_error", "all"):
+        done = subprocess.run([str(exe), "run", gateway + "/openapi.json", "--checks", checks, "-n", str(examples),
+                               "--seed", "1"], capture_output=True, text=True, timeout=900)
+        m = re.search(r"(\d+) generated", done.stdout)
+        failures = re.findall(r"❌ (ST\d+ [^:]+): (\d+)", done.stdout)
+        out[checks] = {"returncode": done.returncode, "generated": int(m.group(1)) if m else None,
+                       "failures": {name: int(n) for name, n in failures}}
+    return out
