@@ -117,5 +117,6 @@ class SimReplica:
             "num_running": len(s.running), "waiting_prompt_tokens": s.waiting_tokens(),
             "running_tokens": s.running_tokens(), "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used,
             "kv_blocks_cached": p.num_cached, "prefill_tokens_per_s": self.prefill_tokens_per_s,
-            "decode_step_ms": self.decode_step_ms, "ts": now,
+            "decode_step_ms": self.decode_step_ms, "ts": now, "max_num_seqs": s.max_num_seqs,
+            "max_batched_tokens": s.max_batched_tokens,
         }

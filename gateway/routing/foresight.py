@@ -10,7 +10,8 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   predicted output (p90 from the output-length estimator). What exceeds capacity must wait for enough running
   requests to finish (``_kv_wait``), which takes a share of their predicted decode time: the predicted output
   tokens in flight (the predictor's p50s, as the gateways account them) times the replica's decode step. So the
-  decode work ahead enters through the predicted output lengths.
+  decode work ahead enters through the predicted output lengths. The same wait applies when the replica has no
+  free sequence slot (in-flight requests >= its reported ``max_num_seqs``).
 
 Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica from load reports (an exponential
 average of non-zero reports, seeded by ``prefill_tps``/``decode_step_ms`` options; ``foresight_state``).
@@ -73,6 +74,11 @@ class ForesightPolicy(RoutingPolicy):
             overflow = st.used + ahead + uncached + output - st.capacity
             if overflow > 0:
                 kv_s = self._kv_wait(overflow, st, r)
+        if st.max_num_seqs:
+            # No free sequence slot: wait for enough running requests to finish, like a KV shortage.
+            excess = r.local.requests + r.remote.requests + 1 - st.max_num_seqs
+            if excess > 0:
+                kv_s = max(kv_s, self._finish_wait(excess, st, r))
         return queue_s, prefill_s, kv_s, self.work_weight * prefill_s
 
     @staticmethod
@@ -84,10 +90,15 @@ class ForesightPolicy(RoutingPolicy):
         tokens per in-flight request, times the decode step), the k-th finishes after about ``k / (n + 1)`` of it.
         Needing more than ``n`` requests to finish means waiting for the whole batch and then queueing further.
         """
+        n = max(1, r.local.requests + r.remote.requests, st.running)
+        per_request = max(st.used / n, 1.0)
+        return ForesightPolicy._finish_wait(-(-overflow // per_request), st, r)
+
+    @staticmethod
+    def _finish_wait(k: float, st: ReplicaState, r: ReplicaView) -> float:
+        """Time until ``k`` of the replica's running requests have finished (see ``_kv_wait``)."""
         inflight = r.local.requests + r.remote.requests
         n = max(1, inflight, st.running)
-        per_request = max(st.used / n, 1.0)
-        k = -(-overflow // per_request)
         decode_s = ((r.local.decode_tokens + r.remote.decode_tokens) / max(1, inflight)) * st.decode_step_s
         return k / (n + 1) * max(decode_s, st.decode_step_s)
 

@@ -20,7 +20,7 @@ def _f(load: Mapping[str, Any], key: str) -> float:
 
 class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
-                 "kv_blocks_total", "_seen", "_seen_ts")
+                 "kv_blocks_total", "max_num_seqs", "_seen", "_seen_ts")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
         self.prefill_tps = prefill_tps
@@ -31,6 +31,7 @@ class ReplicaState:
         self.running = 0
         self.block_size = 16
         self.kv_blocks_total = 0
+        self.max_num_seqs = 0  # running requests at most (0: not reported)
         self._seen: object = None
         self._seen_ts: object = None
 
@@ -59,4 +60,5 @@ class ReplicaState:
         self.used = _f(load, "kv_blocks_used") * self.block_size
         self.capacity = self.kv_blocks_total * self.block_size or self.capacity
         self.running = int(_f(load, "num_running"))
+        self.max_num_seqs = int(_f(load, "max_num_seqs"))
         return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from gateway.routing.base import InflightCounts, Outcome, PolicyContext, ReplicaView, RequestView, create_policy
 
 SYSTEM = "".join(f"You are a careful assistant, rule {i:03d}. " for i in range(200))  # ~8k chars, ~2k tokens
@@ -113,3 +115,14 @@ def test_sets_the_uncached_prompt_tokens_for_accounting_and_learns_the_token_fac
     for _ in range(100):  # the replicas report half as many prompt tokens as the chars/4 estimate
         p.on_complete(r, "r0", Outcome(ok=True, prompt_tokens=r.prompt_tokens // 2))
     assert 0.45 < p.token_factor < 0.6
+
+
+def test_full_sequence_slots_cost_a_share_of_the_predicted_decode_time() -> None:
+    p = policy()
+    replicas = views(2, max_num_seqs=4)
+    replicas[0].local = InflightCounts(4, 0.0, decode_tokens=4 * 1000.0)  # every slot taken, long decodes ahead
+    replicas[1].load = report(max_num_seqs=4, waiting_prompt_tokens=3000)  # some prefill queued, free slots
+    d = p.rank(req("y " * 400), replicas)
+    # one slot needed of 4 running: 1/5 of a 1,000-token predicted decode at the learned step time
+    assert d.explanation["r0"]["kv_s"] == pytest.approx(1 / 5 * 1000 * p.rates["r0"].decode_step_s)
+    assert d.ranked[0] == "r1"
