@@ -93,6 +93,7 @@ class FlexKernel(AttentionKernel):
 
         self._create_block_mask = create_block_mask
         self._flex = torch.compile(flex_attention, dynamic=True) if compile else flex_attention
+        self._compile = compile  # also for the block mask: uncompiled, it materialises the whole [T, K] mask
         self._pad = pad
 
     def _padded(self, n: int) -> int:
@@ -118,7 +119,8 @@ class FlexKernel(AttentionKernel):
                     ok = ok & (k_pos[kv_idx] > q_pos[q_idx] - window)
                 return ok
 
-            step.meta.scratch[key] = self._create_block_mask(mask_mod, None, None, tp, kp, device=dev)
+            step.meta.scratch[key] = self._create_block_mask(mask_mod, None, None, tp, kp, device=dev,
+                                                             _compile=self._compile)
         return step.meta.scratch[key]
 
     def attend(self, step: PagedStep, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

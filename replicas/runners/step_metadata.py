@@ -160,13 +160,18 @@ class StepMetadata:
             return None
         key = (f"prefill{index}", window)
         if key not in self._masks:
-            q_pos = torch.arange(seg.start, seg.ctx_len, device=self.device)[:, None]
             width = seg.blocks.shape[0] * self.block_size if seg.blocks is not None else seg.ctx_len
-            k_pos = torch.arange(width, device=self.device)[None, :]
-            mask = k_pos <= q_pos
-            if window is not None:
-                mask &= k_pos > q_pos - window
-            self._masks[key] = self._additive(mask)
+            if window is None:
+                # Every query sees the whole earlier context; only the square of new tokens (plus block padding
+                # after it) needs the causal triangle. Cheaper than comparing positions over [q_len, width].
+                mask = torch.zeros(seg.q_len, width, dtype=self.dtype, device=self.device)
+                mask[:, seg.start:] = torch.full((seg.q_len, width - seg.start), float("-inf"), dtype=self.dtype,
+                                                 device=self.device).triu_(1)
+            else:
+                q_pos = torch.arange(seg.start, seg.ctx_len, device=self.device)[:, None]
+                k_pos = torch.arange(width, device=self.device)[None, :]
+                mask = self._additive((k_pos <= q_pos) & (k_pos > q_pos - window))
+            self._masks[key] = mask
         return self._masks[key]
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
