@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--replica-id", default="r0", help="this replica's id")
     p.add_argument("--device", default="cpu", help="torch runner: cpu or cuda:N")
     p.add_argument("--dtype", default="auto", help="torch runner: auto, float32, bfloat16, float16")
+    p.add_argument("--attention-kernel", default="auto", help="torch runner: auto, sdpa, flex, flash_attn")
+    p.add_argument("--gpu-memory-fraction", type=float, default=0.9,
+                   help="torch runner: share of the free GPU memory (after a warm-up forward) for activations + KV")
     p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="tokens per KV block")
     p.add_argument("--max-num-seqs", type=int, default=256, help="running requests at most")
     p.add_argument("--max-batched-tokens", type=int, default=8192, help="tokens per step at most")
@@ -56,6 +59,7 @@ def config_from_args(args: argparse.Namespace):  # -> ReplicaConfig
         sim_output_mean=args.sim_output_mean, sim_seed=args.sim_seed, hash_seed=args.hash_seed,
         replica_id=args.replica_id, host=args.host, port=args.port, url=args.url, redis_url=args.redis,
         key_prefix=args.key_prefix,
+        extra={"attention_kernel": args.attention_kernel, "gpu_memory_fraction": args.gpu_memory_fraction},
     )
 
 
