@@ -36,6 +36,8 @@ def build_workload(args: argparse.Namespace, synth: Any) -> list:
         return path
 
     trace = traces.load_trace(data_path(args.trace)) if args.trace else None
+    if trace is not None and getattr(args, "spread_ties", False):
+        trace = traces.spread_ties(trace, args.seed)
     if args.content:
         items = traces.load_content(data_path(args.content))
         if trace is not None:
@@ -143,6 +145,8 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-tpot", type=float, default=0.1, help="time-per-output-token SLO in seconds")
     p.add_argument("--tokenizer", default="tiny", help="model folder (or name) whose tokenizer the target uses")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spread-ties", action="store_true", help="spread requests sharing a timestamp over the "
+                   "trace's time step (Mooncake's ~3 s resolution) instead of sending them in the same instant")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
 
 

@@ -112,6 +112,29 @@ def load_content(path: str | Path) -> list[ContentItem]:
     return out
 
 
+def spread_ties(reqs: Sequence[TraceRequest], seed: int = 0) -> list[TraceRequest]:
+    """Spread requests that share a timestamp uniformly over the interval to the next distinct timestamp.
+
+    Mooncake's timestamps come in steps of about 3 s, so a group sharing one timestamp arrived somewhere inside that
+    step; replaying them in the same millisecond is an artefact of the trace's resolution that no deployment sees
+    (it hurts every multi-gateway setup, whose gateways sync every ~100 ms). Order within a group is kept.
+    """
+    out: list[TraceRequest] = []
+    rng = random.Random(seed)
+    i = 0
+    n = len(reqs)
+    while i < n:
+        j = i
+        while j < n and reqs[j].arrival_s == reqs[i].arrival_s:
+            j += 1
+        t0 = reqs[i].arrival_s
+        t1 = reqs[j].arrival_s if j < n else t0 + (t0 - out[0].arrival_s) / max(1, len(out)) * (j - i)
+        offsets = sorted(rng.uniform(0.0, t1 - t0) for _ in range(j - i))
+        out.extend(replace(r, arrival_s=t0 + off) for r, off in zip(reqs[i:j], offsets, strict=True))
+        i = j
+    return out
+
+
 def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
     rng = random.Random(seed)
     t, out = 0.0, []

@@ -94,7 +94,10 @@ class Cluster:
             store = MemoryStore() if cfg.gateways > 1 else None
             ctx = PolicyContext(f"gw{g}", store=store, options={"seed": str(g), **cfg.options},
                                 block_size=cfg.block_size)
-            self.policies.append(create_policy(cfg.policy, ctx))
+            policy = create_policy(cfg.policy, ctx)
+            if hasattr(policy, "peers"):  # what the policy's background task counts in the store
+                policy.peers = cfg.gateways - 1
+            self.policies.append(policy)
             self.views.append([ReplicaView(r.id, f"sim://{r.id}", ("sim",)) for r in self.replicas])
         self.precise = [getattr(getattr(p, "matcher", None), "precise", None) for p in self.policies]
         for idx in self.precise:

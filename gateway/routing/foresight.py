@@ -17,18 +17,23 @@ Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica fro
 average of non-zero reports, seeded by ``prefill_tps``/``decode_step_ms`` options; ``foresight_state``).
 ``Decision.explanation`` carries the terms of the ``explain_top`` (8) best replicas; ``costs`` gives all of them. Replicas within
 ``near_rel`` (10%) or ``near_abs`` (5 ms) of the best are shuffled in front (power-of-k randomisation), so
-gateways sharing stale views do not all herd onto one replica. Prompt tokens are the gateway's estimate corrected
+gateways sharing stale views do not all herd onto one replica. Between two state syncs (a new ``view.remote``),
+each of the ``peers`` other gateways is assumed to dispatch as this one did (its own dispatches since the sync
+count ``1 + peers`` times), so a burst split across gateways does not land on one replica from all of them. Prompt tokens are the gateway's estimate corrected
 by a learned factor (real prompt tokens over estimates of completed requests).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import Sequence
 
 from gateway.routing.base import Decision, Outcome, PolicyContext, ReplicaView, RequestView, RoutingPolicy
 from gateway.routing.foresight_state import ReplicaState
 from gateway.routing.prefix_match import PrefixMatcher
+from gateway.state.base import StoreUnavailable
 
 
 class ForesightPolicy(RoutingPolicy):
@@ -47,6 +52,9 @@ class ForesightPolicy(RoutingPolicy):
         self.work_weight = float(o.get("work_weight", 0.0))
         self.report_weight = float(o.get("report_weight", 1.0))
         self.explain_top = int(o.get("explain_top", 8))
+        # Other gateways sharing the replicas (counted from the store in the background; an option for tests).
+        self.peers = int(o.get("peer_gateways", 0))
+        self._peer_task: asyncio.Task | None = None
         self.rng = random.Random(o.get("seed"))
         self.matcher = PrefixMatcher(ctx)
         self.rates: dict[str, ReplicaState] = {}
@@ -58,12 +66,13 @@ class ForesightPolicy(RoutingPolicy):
             st = self.rates[r.id] = ReplicaState(self.prior_tps, self.prior_step_s, self.kv_capacity_tokens)
         if st.update(r.load, self.alpha, self.report_weight) and st.kv_blocks_total:
             self.matcher.set_replica_kv(r.id, st.kv_blocks_total * st.block_size)
+        st.sync_remote(r.remote)
         return st
 
     def _terms(self, r: ReplicaView, st: ReplicaState, match: float, prompt: float, output: float,
                ) -> tuple[float, float, float, float]:
         """``(queue_s, prefill_s, kv_s, work_s)`` of ``request`` on ``r``; see the module docstring."""
-        ahead = r.local.prefill_tokens + r.remote.prefill_tokens
+        ahead = r.local.prefill_tokens + r.remote.prefill_tokens + self.peers * st.own_prefill
         if st.waiting > ahead:
             ahead = st.waiting
         uncached = prompt * (1.0 - match)
@@ -76,7 +85,7 @@ class ForesightPolicy(RoutingPolicy):
                 kv_s = self._kv_wait(overflow, st, r)
         if st.max_num_seqs:
             # No free sequence slot: wait for enough running requests to finish, like a KV shortage.
-            excess = r.local.requests + r.remote.requests + 1 - st.max_num_seqs
+            excess = r.local.requests + r.remote.requests + self.peers * st.own_requests + 1 - st.max_num_seqs
             if excess > 0:
                 kv_s = max(kv_s, self._finish_wait(excess, st, r))
         return queue_s, prefill_s, kv_s, self.work_weight * prefill_s
@@ -143,6 +152,11 @@ class ForesightPolicy(RoutingPolicy):
 
     def on_dispatch(self, request: RequestView, replica_id: str) -> None:
         self.matcher.record(request, replica_id)
+        st = self.rates.get(replica_id)
+        if st is not None:
+            st.own_requests += 1
+            st.own_prefill += float(request.scratch.get("uncached_prompt_tokens", request.prompt_tokens))
+            st.own_decode += request.output_p50
 
     def on_complete(self, request: RequestView, replica_id: str, outcome: Outcome) -> None:
         if outcome.ok and outcome.prompt_tokens and request.prompt_tokens > 0:
@@ -154,8 +168,25 @@ class ForesightPolicy(RoutingPolicy):
             self.matcher.forget(replica_id)
             self.rates.pop(replica_id, None)
 
+    async def _count_peers(self) -> None:
+        store = self.ctx.store
+        assert store is not None
+        while True:
+            try:
+                live = await store.get_inflight()
+                self.peers = len(live) - (1 if self.ctx.gateway_id in live else 0)
+            except StoreUnavailable:
+                pass  # keep the last count; the sync task reports the outage
+            await asyncio.sleep(1.0)
+
     async def start(self) -> None:
         await self.matcher.start()
+        if self.ctx.store is not None and "peer_gateways" not in self.ctx.options:
+            self._peer_task = asyncio.create_task(self._count_peers(), name="foresight-peers")
 
     async def close(self) -> None:
+        if self._peer_task is not None:
+            self._peer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._peer_task
         await self.matcher.close()

@@ -20,7 +20,8 @@ def _f(load: Mapping[str, Any], key: str) -> float:
 
 class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
-                 "kv_blocks_total", "max_num_seqs", "_seen", "_seen_ts")
+                 "kv_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen", "own_requests",
+                 "own_prefill", "own_decode")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
         self.prefill_tps = prefill_tps
@@ -34,6 +35,18 @@ class ReplicaState:
         self.max_num_seqs = 0  # running requests at most (0: not reported)
         self._seen: object = None
         self._seen_ts: object = None
+        # This gateway's dispatches since the other gateways' counts were last refreshed (``remote_seen``).
+        self.remote_seen: object = None
+        self.own_requests = 0
+        self.own_prefill = 0.0
+        self.own_decode = 0.0
+
+    def sync_remote(self, remote: object) -> None:
+        """A new ``ReplicaView.remote`` object means a state sync happened: peers' counts are fresh again."""
+        if remote is not self.remote_seen:
+            self.remote_seen = remote
+            self.own_requests = 0
+            self.own_prefill = self.own_decode = 0.0
 
     def update(self, load: Mapping[str, Any] | None, alpha: float, report_weight: float) -> bool:
         """Digest ``load`` if it is a report not seen yet; True when something changed."""
