@@ -112,6 +112,8 @@ class Gateway:
         await self.sync.close()
         await self.policy.close()
         await self.store.close()
+        if self.proxy is not None:
+            self.proxy.upstream.close()
         if self.session is not None:
             await self.session.close()
 

@@ -37,6 +37,7 @@ from gateway.registry import Registry, Replica
 from gateway.routing.base import Decision, Outcome, ReplicaView, RequestView, RoutingPolicy
 from gateway.sticky import StickyRing
 from gateway.stream_state import EventRecorder
+from gateway.upstream import UpstreamClient, UpstreamConnectError, UpstreamDisconnected
 
 if TYPE_CHECKING:
     from gateway.continuation import Continuation
@@ -101,6 +102,7 @@ class Proxy:
         self.on_slot_free = on_slot_free
         self.continuation: Continuation | None = None  # mid-stream continuation (gateway.reliability)
         self.shedder: OverloadShedder | None = None  # work-based load shedding (gateway.reliability)
+        self.upstream = UpstreamClient()  # non-streaming calls; streams use the aiohttp session
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                              sock_read=config.read_timeout)
 
@@ -202,7 +204,7 @@ class Proxy:
                 self.estimator.observe(rv.model, rv.body, rv.prompt_text, rv.prompt_tokens, outcome.output_tokens)
 
     def _failed(self, replica: Replica, e: BaseException, outcome: Outcome) -> Retryable:
-        if isinstance(e, aiohttp.ClientConnectorError):
+        if isinstance(e, aiohttp.ClientConnectorError | UpstreamConnectError):
             replica.breaker.trip()  # nothing listens there: eject now, the prober re-admits it
             reason = "connect"
         else:
@@ -214,17 +216,15 @@ class Proxy:
     async def _unary(self, request: web.Request, rv: RequestView, raw: bytes, replica: Replica, ticket: Ticket,
                      outcome: Outcome, extra: dict[str, str], t0: float) -> web.Response:
         try:
-            async with self.session.post(replica.url + PATHS[rv.route], data=raw, headers=self._headers(request),
-                                         timeout=self.timeout) as up:
-                if up.status in RETRY_STATUSES:
-                    await up.read()
-                    replica.breaker.record_failure()
-                    outcome.status, outcome.error = up.status, f"upstream {up.status}"
-                    raise Retryable(f"status: upstream answered {up.status}", up.status)
-                data = await up.read()
-                content_type = up.headers.get("Content-Type", "application/json")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            status, headers, data = await self.upstream.request(
+                replica.url, PATHS[rv.route], self._headers(request), raw,
+                connect_timeout=self.cfg.connect_timeout, read_timeout=self.cfg.read_timeout)
+        except (UpstreamConnectError, UpstreamDisconnected, TimeoutError, OSError) as e:
             raise self._failed(replica, e, outcome) from e
+        if status in RETRY_STATUSES:
+            replica.breaker.record_failure()
+            outcome.status, outcome.error = status, f"upstream {status}"
+            raise Retryable(f"status: upstream answered {status}", status)
         ticket.first_token()
         self.policy.on_first_token(rv, replica.id)
         replica.breaker.record_success()
@@ -232,15 +232,16 @@ class Proxy:
         m = self.metrics
         m.child(m.ttft, rv.route).observe(elapsed)
         m.child(m.e2e, rv.route).observe(elapsed)
-        outcome.ok, outcome.status, outcome.first_token = up.status == 200, up.status, True
-        if up.status == 200 and b'"usage"' in data:
+        outcome.ok, outcome.status, outcome.first_token = status == 200, status, True
+        if status == 200 and b'"usage"' in data:
             try:
                 usage = orjson.loads(data).get("usage")
             except (orjson.JSONDecodeError, AttributeError):
                 usage = None
             self._usage(rv, usage, outcome)
-        self.metrics.count_request(rv.route, up.status, replica.id)
-        return web.Response(status=up.status, body=data, headers={"Content-Type": content_type, **extra})
+        m.count_request(rv.route, status, replica.id)
+        return web.Response(status=status, body=data,
+                            headers={"Content-Type": headers.get("content-type", "application/json"), **extra})
 
     def _usage(self, rv: RequestView, usage: object, outcome: Outcome) -> None:
         if not isinstance(usage, dict):
