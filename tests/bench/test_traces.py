@@ -91,3 +91,14 @@ def test_synthetic_prompts_are_token_exact_and_share_blocks(tiny_model_dir: Path
     tc = synth.tokenizer.encode(synth.text(c), add_special_tokens=False).ids
     assert ta[:16] != tc[:16]
     assert PromptSynth(tiny_model_dir).text(b) == synth.text(b)  # deterministic across instances
+
+
+def test_spread_ties_spreads_same_timestamp_groups_over_their_step() -> None:
+    from bench.traces import spread_ties
+
+    reqs = [TraceRequest(i, t, 10, 10) for i, t in enumerate([0, 0, 0, 3, 3, 6])]
+    out = spread_ties(reqs, seed=1)
+    assert [r.index for r in out] == list(range(6))
+    assert all(0 <= r.arrival_s < 3 for r in out[:3]) and all(3 <= r.arrival_s < 6 for r in out[3:5])
+    assert len({r.arrival_s for r in out}) == 6
+    assert [r.arrival_s for r in out] == sorted(r.arrival_s for r in out)

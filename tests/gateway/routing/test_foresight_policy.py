@@ -126,3 +126,17 @@ def test_full_sequence_slots_cost_a_share_of_the_predicted_decode_time() -> None
     # one slot needed of 4 running: 1/5 of a 1,000-token predicted decode at the learned step time
     assert d.explanation["r0"]["kv_s"] == pytest.approx(1 / 5 * 1000 * p.rates["r0"].decode_step_s)
     assert d.ranked[0] == "r1"
+
+
+def test_peer_gateways_are_assumed_to_mirror_own_dispatches_until_the_next_sync() -> None:
+    p = policy(peer_gateways="3")
+    replicas = views(2)
+    first = req("a burst of identical work " * 100)
+    chosen = p.rank(first, replicas).ranked[0]
+    p.on_dispatch(first, chosen)
+    d = p.rank(req("a burst of identical work " * 100), replicas)
+    # The gateway's own ticket is not counted here (no gateway in this test): the 3 peers' mirrored dispatches are.
+    assert d.ranked[0] != chosen
+    assert d.explanation[chosen]["queue_s"] == pytest.approx(3 * first.prompt_tokens / p.rates[chosen].prefill_tps)
+    replicas[int(chosen[1])].remote = InflightCounts()  # a state sync: real remote counts replace the guess
+    assert p.rank(req("a burst of identical work " * 100), replicas).explanation[chosen]["queue_s"] == 0
