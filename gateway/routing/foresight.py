@@ -15,12 +15,14 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
 
 Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica from load reports (an exponential
 average of non-zero reports, seeded by ``prefill_tps``/``decode_step_ms`` options; ``foresight_state``).
-``Decision.explanation`` carries the terms of the ``explain_top`` (8) best replicas; ``costs`` gives all of them. Replicas within
-``near_rel`` (10%) or ``near_abs`` (5 ms) of the best are shuffled in front (power-of-k randomisation), so
-gateways sharing stale views do not all herd onto one replica. Between two state syncs (a new ``view.remote``),
-each of the ``peers`` other gateways is assumed to dispatch as this one did (its own dispatches since the sync
-count ``1 + peers`` times), so a burst split across gateways does not land on one replica from all of them. Prompt tokens are the gateway's estimate corrected
-by a learned factor (real prompt tokens over estimates of completed requests).
+``Decision.explanation`` carries the terms of the ``explain_top`` (8) best replicas; ``costs`` gives all of them.
+
+Replicas within ``near_rel`` (10%) or ``near_abs`` (5 ms) of the best are shuffled in front (power-of-k
+randomisation), so gateways sharing stale views do not all herd onto one replica. Between two state syncs (a new
+``view.remote``), each of the ``peers`` other gateways is assumed to dispatch as this one did (its own dispatches
+since the sync count ``1 + peers`` times), so a burst split across gateways does not land on one replica from all
+of them. Prompt tokens are the gateway's estimate corrected by a learned factor (real prompt tokens over estimates
+of completed requests).
 """
 
 from __future__ import annotations
