@@ -111,6 +111,9 @@ class StackHead:
         return cls(TreeEnsemble.from_sklearn(fitted))
 
     def predict_log(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if Z.shape[0] == 1:  # the request path: one row, a cheaper traversal
+            one = self.trees.predict_one(Z[0])
+            return Z[:, COL_MEAN] + one[0], Z[:, COL_MEAN] + one[1]
         out = self.trees.predict(Z)
         return Z[:, COL_MEAN] + out[:, 0], Z[:, COL_MEAN] + out[:, 1]
 

@@ -63,6 +63,26 @@ class TreeEnsemble:
         baseline = np.array([float(np.ravel(m._baseline_prediction)[0]) for m in models])
         return cls(feature, threshold, value, segments, baseline, depth)
 
+    def __post_init__(self) -> None:
+        # Flat views and index bases, computed once: the single-row path is a dozen small numpy calls.
+        n_trees, inner = self.feature.shape
+        set_ = object.__setattr__
+        set_(self, "_base", np.arange(n_trees, dtype=np.int64) * inner)
+        set_(self, "_leaf_base", np.arange(n_trees, dtype=np.int64) * (inner + 1) - inner)
+        set_(self, "_feat", np.ascontiguousarray(self.feature.ravel()))
+        set_(self, "_thr", np.ascontiguousarray(self.threshold.ravel()))
+        set_(self, "_val", np.ascontiguousarray(self.value.ravel()))
+        set_(self, "_starts", self.segments[:-1].copy())
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        """(outputs,) raw predictions for one row ``x`` (features,)."""
+        base = self._base
+        node = np.zeros_like(base)
+        for _ in range(self.depth):
+            at = base + node
+            node = 2 * node + 1 + (x[self._feat[at]] > self._thr[at])
+        return np.add.reduceat(self._val[self._leaf_base + node], self._starts) + self.baseline
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n, outputs) raw predictions for rows of ``X`` (n, features)."""
         X = np.atleast_2d(X)

@@ -110,3 +110,5 @@ def test_tree_ensemble_matches_sklearn():
     for k, model in enumerate(models):
         np.testing.assert_allclose(got[:, k], model.predict(X), rtol=1e-9)
     np.testing.assert_allclose(trees.predict(X[:1])[0], got[0])
+    for i in range(5):
+        np.testing.assert_allclose(trees.predict_one(X[i]), got[i], rtol=1e-12)
