@@ -193,3 +193,35 @@ def test_other_architectures_decode_like_generate(tiny_model_dir: Path, tmp_path
                        max_new_tokens=len(req.output_token_ids), eos_token_id=None, pad_token_id=0)
     assert req.output_token_ids == gen[0, len(prompt):].tolist()
     r.close()
+
+
+def test_cuda_sizing_leaves_room_and_refuses_what_does_not_fit() -> None:
+    from replicas.runners.torch_setup import cuda_kv_blocks
+
+    layout = KVLayout(num_layers=30, kv_heads=3, head_dim=64, block_size=BS, dtype=torch.bfloat16)
+    free, peak = 10 << 30, 1 << 30
+    fit = cuda_kv_blocks(layout, free, peak, 0.9, None, None)
+    usable = int(free * 0.9) - peak
+    # The pool plus the worst-case attention gathers (2 layers' worth) fit in what the warm-up left.
+    assert fit == (usable * 30 // 32) // layout.bytes_per_block
+    assert fit * layout.bytes_per_block * 32 / 30 <= usable
+    assert cuda_kv_blocks(layout, free, peak, 0.9, 100, None) == 100
+    assert cuda_kv_blocks(layout, free, peak, 0.9, None, 1 << 30) == (1 << 30) // layout.bytes_per_block
+    with pytest.raises(ValueError, match="does not fit"):
+        cuda_kv_blocks(layout, free, peak, 0.9, fit + 1, None)
+    with pytest.raises(ValueError, match="does not fit"):
+        cuda_kv_blocks(layout, free, peak, 0.9, None, 20 << 30)
+    assert cuda_kv_blocks(layout, 1 << 30, 2 << 30, 0.9, None, None) == 0  # activations alone exceed the budget
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_auto_kernel_choice_times_candidates_and_drops_broken_ones(runner: TorchRunner) -> None:
+    from replicas.runners.kernel_choice import _time_kernels
+
+    kernel = runner.kernel
+    try:
+        timings, errors = _time_kernels(runner, ["flash_attn", "flex", "sdpa"])
+    finally:
+        runner.kernel = kernel
+    assert set(timings) == {"flex", "sdpa"} and all(t > 0 for t in timings.values())
+    assert "flash_attn" in errors  # not installed here: skipped, not fatal
