@@ -11,8 +11,8 @@ Invariants:
   lets the policy follow a replica's reported KV size; ``default_capacity`` otherwise);
 - LRU order: an insert (re)marks a hash most recently used; eviction drops the least recently used first.
 
-Matching walks the request's chain once and stops at the first hash no candidate holds: cost is proportional to
-the longest match, independent of the number of replicas that match nothing.
+Matching costs a walk over the prefix many replicas share plus a binary search per replica still matching
+(``match``), independent of the number of replicas that match nothing.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from collections.abc import Iterable, Sequence
 class PrefixIndex:
     """Per-replica LRUs of chained block/chunk hashes plus an inverted index from hash to holders."""
 
-    def __init__(self, default_capacity: int = 65536) -> None:
+    def __init__(self, default_capacity: int = 65536, prefix_closed: bool = True) -> None:
         if default_capacity < 1:
             raise ValueError("capacity must be at least one chunk")
         self.default_capacity = default_capacity
+        # True when only this class's inserts and LRU evictions change the index: chains then stay prefix closed
+        # (see ``match``). Precise mode removes what replicas report, which may be a middle block: walk instead.
+        self.prefix_closed = prefix_closed
         self.holders: dict[int, set[str]] = {}
         self.lru: dict[str, OrderedDict[int, None]] = {}
         self.capacity: dict[str, int] = {}
@@ -104,7 +107,14 @@ class PrefixIndex:
         self.capacity.pop(replica, None)
 
     def match(self, hashes: Sequence[int], candidates: Iterable[str] | None = None) -> dict[str, int]:
-        """Matched prefix length in chunks per replica holding at least the first chunk (others are absent)."""
+        """Matched prefix length in hashes per replica holding at least the first one (others are absent).
+
+        Walks the chain while many replicas still match (a shared system prompt), then, when ``prefix_closed``,
+        finds each remaining replica's extent by binary search: a replica holding hash ``i`` of a chain then holds
+        every earlier one, because an insert touches the whole chain up to its end (tail first, so earlier hashes are
+        always at least as recent) and eviction drops the least recent first. A long conversation thus costs
+        O(log n) lookups instead of n. Without prefix closure the walk continues to the end of the match.
+        """
         out: dict[str, int] = {}
         if not hashes:
             return out
@@ -114,8 +124,10 @@ class PrefixIndex:
         alive = set(first) if candidates is None else first.intersection(candidates)
         i = 1
         n = len(hashes)
-        while alive and i < n:
-            holders = self.holders.get(hashes[i])
+        holders_of = self.holders.get
+        walk_limit = 2 if self.prefix_closed else 0
+        while len(alive) > walk_limit and i < n:
+            holders = holders_of(hashes[i])
             if holders is None:
                 break
             if not alive <= holders:
@@ -123,6 +135,17 @@ class PrefixIndex:
                     out[r] = i
                 alive &= holders
             i += 1
+        if not self.prefix_closed:
+            for r in alive:
+                out[r] = i
+            return out
         for r in alive:
-            out[r] = i
+            lo, hi = i, n  # r holds hashes[:lo]; find the first index it does not hold
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if r in holders_of(hashes[mid], ()):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out[r] = lo
         return out

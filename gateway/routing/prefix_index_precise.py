@@ -37,7 +37,7 @@ class PreciseIndex:
     """Block ids per replica from KV events, with gap detection and snapshot resync (see module docstring)."""
 
     def __init__(self, capacity: int = 1 << 20) -> None:
-        self.index = PrefixIndex(default_capacity=capacity)
+        self.index = PrefixIndex(default_capacity=capacity, prefix_closed=False)
         self.streams: dict[str, ReplicaStream] = {}
 
     def stream(self, replica: str) -> ReplicaStream:

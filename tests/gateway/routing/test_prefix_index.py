@@ -104,3 +104,19 @@ def test_precise_index_is_bounded() -> None:
     p = PreciseIndex(capacity=8)
     p.load_snapshot("r", range(100), seq=0)
     assert len(p.index) == 8
+
+
+def test_binary_search_match_equals_the_walk_on_prefix_closed_chains() -> None:
+    import random
+
+    rng = random.Random(3)
+    fast, slow = PrefixIndex(default_capacity=400), PrefixIndex(default_capacity=400, prefix_closed=False)
+    chains = [chunk_hashes(f"conversation {c} " * 200 + " turn" * t * 30, "m", 16) for c in range(6) for t in range(4)]
+    for _ in range(300):
+        replica, chain = f"r{rng.randrange(5)}", rng.choice(chains)
+        cut = rng.randrange(1, len(chain) + 1)
+        for idx in (fast, slow):
+            idx.insert(replica, chain[:cut])
+    assert fast.evictions > 0
+    for chain in chains:
+        assert fast.match(chain) == slow.match(chain)
