@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from foresight import tracing_web
 from foresight.errors import APIError, http_response
 from gateway.admission import Admission
 from gateway.auth import Auth, parse_keys_file
@@ -236,4 +237,5 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     app.on_startup.append(gw.start)
     reliability.install(app, gw)  # after gw.start: hardening, shedding, continuation, /openapi.json
     app.on_cleanup.append(gw.stop)
+    tracing_web.install(app, "foresight-gateway", cfg.gateway_id)  # OTEL_* env; off: adds nothing
     return app

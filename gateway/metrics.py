@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ITL = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_TOKENS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
@@ -46,6 +47,19 @@ class GatewayMetrics:
         self.queue = Gauge("foresight_gateway_queue_depth", "Requests waiting for admission", registry=r)
         self.stream_errors = Counter("foresight_gateway_stream_errors_total",
                                      "Streams that failed after their first byte", registry=r)
+        # Output-length prediction (what routing accounted for) against the completion's real length.
+        self.predicted = Histogram("foresight_gateway_predicted_output_tokens", "Predicted p50 output tokens",
+                                   ["model"], buckets=_TOKENS, registry=r)
+        self.actual = Histogram("foresight_gateway_actual_output_tokens", "Output tokens of completed requests",
+                                ["model"], buckets=_TOKENS, registry=r)
+        self.prediction_error = Histogram("foresight_gateway_prediction_error_tokens",
+                                          "|predicted p50 - actual| output tokens", ["model"], buckets=_TOKENS,
+                                          registry=r)
+        self.p90_covered = Counter("foresight_gateway_prediction_p90_covered_total",
+                                   "Completions whose output was at most the predicted p90", ["model"], registry=r)
+        self.observations = Counter("foresight_gateway_predictor_observations_total",
+                                    "True output lengths fed back to the predictor (online updates)", ["model"],
+                                    registry=r)
         self._req_children: dict[tuple[str, str, str], object] = {}
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -56,6 +70,14 @@ class GatewayMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def observe_prediction(self, model: str, p50: float, p90: float, actual: int) -> None:
+        self.child(self.predicted, model).observe(p50)
+        self.child(self.actual, model).observe(actual)
+        self.child(self.prediction_error, model).observe(abs(p50 - actual))
+        self.child(self.observations, model).inc()
+        if actual <= p90:
+            self.child(self.p90_covered, model).inc()
 
     def count_request(self, route: str, status: int, replica: str) -> None:
         key = (route, str(status), replica)

@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from foresight import tracing, tracing_web
 from foresight.errors import APIError, sse_error_event
 from gateway.accounting import Ticket
 from gateway.estimator import OutputEstimator
@@ -141,6 +142,7 @@ class Proxy:
         t0 = time.monotonic()
         m = self.metrics
         decision = self.rank(rv)
+        tracing_web.on_decision(rv, decision, self.cfg.policy_name)
         deadline = t0 + self.cfg.retry_deadline
         attempts = 0
         last: Retryable | None = None
@@ -157,11 +159,13 @@ class Proxy:
             attempts += 1
             m.child(m.decisions, self.cfg.policy_name, rid).inc()
             try:
-                resp = await self._dispatch(request, rv, raw, stream, replica, decision if debug else None, t0)
+                with tracing_web.attempt_span(replica, attempts):
+                    resp = await self._dispatch(request, rv, raw, stream, replica, decision if debug else None, t0)
             except Retryable as e:
                 log.info("request %s: replica %s failed before first byte (%s)", rv.request_id, rid, e.reason)
                 last = e
                 continue
+            tracing_web.on_routed(rv, decision, rid, attempts)
             return resp
         if last is None:
             raise APIError(503, "no replica accepted the request", code="no_healthy_replica", retry_after=1)
@@ -176,6 +180,7 @@ class Proxy:
         out = {k: h[k] for k in FORWARD_HEADERS if k in h}
         if self.cfg.upstream_api_key:
             out["Authorization"] = "Bearer " + self.cfg.upstream_api_key
+        tracing.inject(out)  # traceparent of the upstream attempt span (no-op while tracing is off)
         return out
 
     async def _dispatch(self, request: web.Request, rv: RequestView, raw: bytes, stream: bool, replica: Replica,
@@ -200,8 +205,10 @@ class Proxy:
             ticket.release()
             gauge.set(replica.local.requests)
             self.policy.on_complete(rv, replica.id, outcome)
+            tracing_web.on_outcome(outcome)
             if outcome.ok and outcome.output_tokens is not None:
                 self.estimator.observe(rv.model, rv.body, rv.prompt_text, rv.prompt_tokens, outcome.output_tokens)
+                self.metrics.observe_prediction(rv.model, rv.output_p50, rv.output_p90, outcome.output_tokens)
 
     def _failed(self, replica: Replica, e: BaseException, outcome: Outcome) -> Retryable:
         if isinstance(e, aiohttp.ClientConnectorError | UpstreamConnectError):

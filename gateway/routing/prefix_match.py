@@ -86,6 +86,7 @@ class PrefixMatcher:
         if self.precise is not None:
             self.precise.watch(replicas)
         matched = self.index.match(keys, [r.id for r in replicas])
+        request.scratch["matched_blocks"] = matched  # per replica, for the trace (foresight.tracing_web.on_routed)
         if self.mode == "approx":
             # Only full chunks are hashed: scale by the hashed share of the text.
             covered = len(keys) * self.chunk_chars / max(1, len(request.prompt_text))
