@@ -124,6 +124,7 @@ class ReplicaServer:
             raise APIError(400, f"the request body is not valid JSON: {exc}") from None
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        arrival = time.monotonic()  # TTFT (and the sim's step start credit) count from here
         body = await self._body(request)
         forced = None
         if self.engine.runner.name == "sim":
@@ -136,7 +137,7 @@ class ReplicaServer:
                            f"{self.cfg.model_name!r})", param="model", code="model_not_found")
         if not parsed.max_tokens_given:
             parsed.sampling.max_tokens = max(1, self.engine.max_model_len - len(parsed.prompt_token_ids))
-        rid = self.engine.add_request(parsed.prompt_token_ids, parsed.sampling)
+        rid = self.engine.add_request(parsed.prompt_token_ids, parsed.sampling, arrival_time=arrival)
         tracing_web.bind_engine_request(rid)
         headers = {"X-Request-Id": rid, "X-Foresight-Replica": self.cfg.replica_id}
         prefix = "chatcmpl-" if chat else "cmpl-"

@@ -144,7 +144,8 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: Sequence[int], sampling: SamplingParams,
-                    request_id: str | None = None) -> str:
+                    request_id: str | None = None, arrival_time: float | None = None) -> str:
+        """Queue a request; ``arrival_time`` (``time.monotonic()``) is when the server received it (default: now)."""
         prompt = list(prompt_token_ids)
         n = len(prompt)
         if n == 0:
@@ -171,6 +172,8 @@ class Engine:
         if rid in self._handles:
             raise APIError(400, f"duplicate request id {rid!r}", param="request_id")
         req = Request(rid, prompt, sampling)
+        if arrival_time is not None:
+            req.arrival_time = arrival_time
         detok = IncrementalDetokenizer(self.tokenizer, prompt, sampling.stop) if self.tokenizer is not None else None
         self._handles[rid] = _Handle(req, detok)
         self.scheduler.add(req)

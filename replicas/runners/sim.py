@@ -31,6 +31,7 @@ from replicas.engine.tokenizer import ReplicaTokenizer, load_tokenizer
 from replicas.runners.base import ModelRunner, StepBatch
 from replicas.runners.cost_model import CostModel, profile
 
+_TIMER_HALF_TICK_S = 0.0005
 _CORPUS = (
     "The gateway routes each request to the replica that will answer it first. A replica keeps the prefix "
     "blocks of recent prompts in its cache, so a request that shares a long prefix with an earlier one skips "
@@ -127,7 +128,9 @@ class SimRunner(ModelRunner):
         self._clock = start + duration
         decode = sum(1 for c in batch.chunks if c.sample and c.num_new_tokens == 1 and c.request.output_token_ids)
         self.steps.append(StepRecord(start, duration, batch.num_tokens - decode, decode, len(batch.chunks)))
-        delay = self._clock - time.monotonic()
+        # uvloop timers have a 1 ms resolution and never fire early: aim half a tick early so the expected
+        # wake-up is on the deadline rather than ~0.5 ms after it.
+        delay = self._clock - time.monotonic() - _TIMER_HALF_TICK_S
         if delay > 0:
             await asyncio.sleep(delay)
         out: list[int | None] = []
