@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="tiny", help="tokenizer model of the replicas")
     p.add_argument("--ttft-lengths", default="1024,4096,16384", help="prompt lengths for TTFT")
     p.add_argument("--tpot-streams", default="1,32,128", help="concurrent streams for TPOT on one replica")
-    p.add_argument("--scale", default="16x128,16x256,24x192,32x256",
+    p.add_argument("--scale", default="16x128,16x192,16x256,20x160,24x192,32x256",
                    help="RxS configurations: R replicas sharing S streams")
     p.add_argument("--repeats", type=int, default=5, help="TTFT repetitions per length (median)")
     p.add_argument("--output-tokens", type=int, default=128, help="forced output tokens per TPOT stream")
@@ -293,11 +293,13 @@ def run(args: argparse.Namespace) -> int:
     from bench.results import results_dir, write_json
 
     niceness = raise_priority()
+    load_before = os.getloadavg()
     reps = Replicas(args)
     try:
         data = uvloop.run(bench(args, reps))
     finally:
         reps.stop()
+    data["loadavg_before"] = load_before
     data["loadavg_after"] = os.getloadavg()
     data["client_niceness"] = niceness  # None: could not renice (not root); replicas then run at default too
     out = results_dir()
