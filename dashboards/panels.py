@@ -54,6 +54,14 @@ OVERVIEW = [
           unit="short", description="Token throughput reported by the replicas' usage blocks."),
 ]
 
+PREDICTED_VS_ACTUAL = Panel(
+    "Predicted vs actual output length (mean tokens)",
+    [(f"sum by (model) (rate(foresight_gateway_predicted_output_tokens_sum[{RI}])) "
+      f"/ sum by (model) (rate(foresight_gateway_predicted_output_tokens_count[{RI}]))", "predicted p50 {{model}}"),
+     (f"sum by (model) (rate(foresight_gateway_actual_output_tokens_sum[{RI}])) "
+      f"/ sum by (model) (rate(foresight_gateway_actual_output_tokens_count[{RI}]))", "actual {{model}}")],
+    description="The predictor's p50 that routing accounted for, against the completion tokens the replica reported.")
+
 ROUTING = [
     Panel("Routing decisions by policy",
           [(f"sum by (policy) (rate(foresight_gateway_routing_decisions_total[{RI}]))", "{{policy}}")],
@@ -74,9 +82,28 @@ ROUTING = [
           unit="short", kind="stat", description="1 means no retries; above 1, requests were retried elsewhere."),
     Panel("Retries by reason", [(f"sum by (reason) (rate(foresight_gateway_retries_total[{RI}]))", "{{reason}}")],
           unit="ops", description="Dispatches retried on another replica after a failure before the first byte."),
+    PREDICTED_VS_ACTUAL,
     Panel("Rejected before dispatch", [(f"sum by (reason) (rate(foresight_gateway_rejected_total[{RI}]))",
                                         "{{reason}}")],
           unit="reqps", description="Shed (503) and rate-limited (429) requests, by reason."),
+]
+
+PREDICTOR = [
+    PREDICTED_VS_ACTUAL,
+    Panel("Mean absolute error (tokens)",
+          [(f"sum by (model) (rate(foresight_gateway_prediction_error_tokens_sum[{RI}])) "
+            f"/ sum by (model) (rate(foresight_gateway_prediction_error_tokens_count[{RI}]))", "{{model}}")],
+          description="|predicted p50 - actual output tokens| of completed requests."),
+    Panel("Absolute error percentiles", quantiles("foresight_gateway_prediction_error_tokens"), unit="short"),
+    Panel("p90 coverage",
+          [(f"sum(rate(foresight_gateway_prediction_p90_covered_total[{RI}])) "
+            f"/ sum(rate(foresight_gateway_predictor_observations_total[{RI}]))", "share under p90")],
+          unit="percentunit", kind="stat", max=1,
+          description="Share of completions whose true length was at most the predicted p90 (calibrated: about 0.9)."),
+    Panel("Online updates (completions fed back)",
+          [(f"sum by (model) (rate(foresight_gateway_predictor_observations_total[{RI}]))", "{{model}}")],
+          unit="ops", description="True output lengths the gateway reports to the predictor's online learner."),
+    Panel("Actual output length percentiles", quantiles("foresight_gateway_actual_output_tokens"), unit="short"),
 ]
 
 REPLICAS = [
@@ -112,4 +139,6 @@ DASHBOARDS: dict[str, tuple[str, str, list[Panel]]] = {
     "foresight-routing": ("Foresight / Routing", "What the routing policy decides and what it buys.", ROUTING),
     "foresight-replicas": ("Foresight / Replicas", "Queues, KV cache, throughput and health of every replica.",
                            REPLICAS),
+    "foresight-predictor": ("Foresight / Predictor", "Output-length prediction error and online learning.",
+                            PREDICTOR),
 }

@@ -122,7 +122,9 @@ def on_routed(rv: Any, decision: Any, replica_id: str, attempts: int) -> None:
         matched = terms.get("matched_blocks", terms.get("matched"))
     attrs = {tracing.ROUTE_REPLICA: replica_id, tracing.RETRIES: attempts - 1, **cost_terms(terms)}
     if isinstance(matched, dict):  # per-replica matches: keep the chosen one's
-        matched = matched.get(replica_id)
+        matched = matched.get(replica_id, 0)
+    elif matched is None and "match" in terms:  # the policy matched, but the prompt had no full block to hash
+        matched = 0
     if isinstance(matched, int | float):
         attrs[tracing.ROUTE_MATCHED_BLOCKS] = int(matched)
     request_span().set_attributes(attrs)

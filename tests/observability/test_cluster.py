@@ -72,6 +72,14 @@ def test_prometheus_scrapes_every_gateway_and_replica(cluster: tuple[Cluster, OT
     assert len(served) == 2, "nginx spread the traffic over both gateways"
 
 
+def test_traces_reach_the_compose_otlp_endpoint(cluster: tuple[Cluster, OTLPReceiver]) -> None:
+    _, receiver = cluster
+    ok = receiver.wait_for(lambda spans: {"foresight-gateway", "foresight-replica"} <= {s.service for s in spans}, 30)
+    assert ok, sorted({(s.service, s.name) for s in receiver.spans})
+    gateway_traces = {s.trace_id for s in receiver.spans if s.service == "foresight-gateway"}
+    assert any(s.trace_id in gateway_traces for s in receiver.spans if s.service == "foresight-replica")
+
+
 def dashboard_exprs() -> list[tuple[str, str]]:
     out = []
     for path in sorted((REPO / "dashboards").glob("*.json")):

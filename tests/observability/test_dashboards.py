@@ -14,7 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
-EXPECTED = {"foresight-overview", "foresight-routing", "foresight-replicas"}
+EXPECTED = {"foresight-overview", "foresight-routing", "foresight-replicas", "foresight-predictor"}
 
 
 def provisioned_datasources() -> dict[str, str]:
