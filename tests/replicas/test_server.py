@@ -203,3 +203,16 @@ async def test_runner_failure_mid_stream_ends_with_an_sse_error(make_client: Cal
     assert engine.pool.num_used == 0
     r = await client.post("/v1/chat/completions", json=chat(max_tokens=2))  # the engine goes on
     assert r.status == 200
+
+
+async def test_non_stream_client_timeout_aborts_the_request(make_client: Callable[..., Any]) -> None:
+    import aiohttp
+
+    client, engine = await make_client()
+    with pytest.raises(asyncio.TimeoutError):
+        await client.post("/v1/chat/completions", json=chat(), headers={"X-Sim-Output-Tokens": "100000"},
+                          timeout=aiohttp.ClientTimeout(total=0.3))
+    deadline = time.monotonic() + 10
+    while (engine.scheduler.running or engine.pool.num_used) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not engine.scheduler.running and engine.pool.num_used == 0

@@ -131,3 +131,18 @@ async def test_runner_failure_fails_the_step_and_the_loop_goes_on(make_engine: C
     ids, _, last = await collect(e, [1, 2, 3], SamplingParams(max_tokens=3))
     assert ids == [5, 5, 5] and last.finish_reason == "length"
     assert e.pool.num_used == 0
+
+
+async def test_aborting_a_queued_request_removes_it(make_engine: Callable[..., Engine]) -> None:
+    e = make_engine(max_num_seqs=1)
+    running = e.generate([1, 2, 3], SamplingParams(max_tokens=10_000, ignore_eos=True))
+    first = await running.__anext__()
+    assert first.num_output_tokens == 1
+    queued = e.add_request([4, 5, 6], SamplingParams(max_tokens=5))
+    await asyncio.sleep(0.02)
+    assert [r.request_id for r in e.scheduler.waiting] == [queued]
+    e.abort(queued)
+    assert not e.scheduler.waiting and e.request(queued) is None
+    await running.aclose()
+    assert e.pool.num_used == 0
+    e.pool.check_integrity()
