@@ -112,3 +112,20 @@ def test_tree_ensemble_matches_sklearn():
     np.testing.assert_allclose(trees.predict(X[:1])[0], got[0])
     for i in range(5):
         np.testing.assert_allclose(trees.predict_one(X[i]), got[i], rtol=1e-12)
+
+
+def test_text_score_uses_extra_inputs(small_prepared):
+    """Extra text-score inputs (how ``eval --embeddings`` adds sentence vectors) are learned and scored."""
+    from dataclasses import replace as dc_replace
+
+    from predictor.text import TextScorer
+
+    # An extra input that encodes the answer's residual exactly: the scorer must pick it up.
+    resid = small_prepared.log_y - small_prepared.log_y.mean()
+    feats = [dc_replace(f, extra=np.array([r, 0.0])) for f, r in zip(small_prepared.features, resid, strict=True)]
+    with_extra = TextScorer.fit(feats, resid, alpha=1.0)
+    without = TextScorer.fit(small_prepared.features, resid, alpha=1.0)
+    err_with = np.abs(with_extra.score_batch(feats) - resid).mean()
+    err_without = np.abs(without.score_batch(small_prepared.features) - resid).mean()
+    assert err_with < 0.5 * err_without
+    assert TextScorer.from_dict(with_extra.to_dict()).score(feats[0]) == pytest.approx(with_extra.score(feats[0]))
