@@ -58,13 +58,15 @@ class Scheduler:
 
     def remove(self, req: Request) -> None:
         """Take a request out of the queues and release its blocks (finish or abort)."""
-        if req in self.running:
-            self.running.remove(req)
-        else:
-            try:
-                self.waiting.remove(req)
-            except ValueError:
-                pass
+        # By identity: Request is a dataclass whose == compares every field.
+        for queue in (self.running, self.waiting):
+            for i, r in enumerate(queue):
+                if r is req:
+                    del queue[i]
+                    break
+            else:
+                continue
+            break
         self.pool.free(req)
 
     def has_work(self) -> bool:
