@@ -204,6 +204,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--speedups", default=None, help="comma-separated speedups (the goodput sweep)")
     p.add_argument("--rates", default=None, help="comma-separated mean rates in req/s (the goodput sweep)")
     p.add_argument("--gateways", type=int, default=1, help="gateways sharing state (live: through Redis)")
+    p.add_argument("--gateway-args", default="", help="live: extra gateway flags, e.g. '--shed-queue-delay 0' to "
+                   "compare routing without the gateway's load shedding")
     p.add_argument("--model", default="tiny", help="live: replica --model (its tokenizer builds the prompts)")
     p.add_argument("--sim-block-size", type=int, default=16, help="sim: KV block size of the simulated replicas")
     p.add_argument("--name", default=None, help="results file stem under bench/results/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import shutil
 import tempfile
 import time
@@ -52,7 +53,7 @@ def run_live(args: argparse.Namespace, variant: Any, reqs: list, synth: Any) -> 
         if variant.external:
             targets = [fleet.external(variant.label, variant.external, urls).url]
         else:
-            extra = ["--predictor", variant.harness.get("predictor", "default")]
+            extra = ["--predictor", variant.harness.get("predictor", "default"), *shlex.split(args.gateway_args)]
             for k, v in variant.options.items():
                 extra += ["--policy-opt", f"{k}={v}"]
             if redis_url:
