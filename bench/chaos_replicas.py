@@ -83,9 +83,12 @@ async def replica_kill(workers: int = 16, tokens: int = 100, warmup: float = 3.0
                  and s.end is not None and s.end > t_kill]
     others = [s for s in sent if s not in in_flight]
     after_readmit = [s for s in sent if t_readmitted and s.start > t_readmitted and s.replica == rid]
+    before = summary([s for s in sent if s.end is not None and s.end < t_kill])  # the baseline, same run
+    around = summary([s for s in sent if s.end is not None and s.end >= t_kill and s.start <= t_kill + down])
     return {
         "scenario": "replica-kill", "replicas": replicas, "workers": workers, "output_tokens": tokens,
-        "load": summary(sent),
+        "load": summary(sent), "before_kill": before, "around_kill": around,
+        "e2e_p99_ratio_around_vs_before": _ratio(around["e2e_p99_s"], before["e2e_p99_s"]),
         "failed_not_streaming": sum(not s.ok for s in others),
         "streams_in_flight_on_killed": len(in_flight),
         "streams_continued_ok": sum(s.ok for s in in_flight),
