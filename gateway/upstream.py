@@ -63,8 +63,13 @@ class _Conn(asyncio.Protocol):
                 fut.set_exception(UpstreamDisconnected(f"upstream closed the connection ({exc or 'EOF'})"))
 
     def data_received(self, data: bytes) -> None:
+        if self.fut is None:  # bytes on an idle connection: out of protocol, never reuse it
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            return
         self.buf += data
-        if self.fut is not None and not self.fut.done():
+        if not self.fut.done():
             try:
                 self._parse()
             except ValueError as e:
@@ -131,18 +136,21 @@ class UpstreamClient:
 
     def __init__(self, max_idle_per_host: int = 256) -> None:
         self.max_idle = max_idle_per_host
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
 
     @staticmethod
-    def address(url: str) -> tuple[str, int]:
+    def address(url: str) -> tuple[str, int, bool]:
+        """(host, port, tls) of an upstream base URL."""
         parts = urlsplit(url)
-        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+        tls = parts.scheme == "https"
+        return parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), tls
 
-    async def _connect(self, addr: tuple[str, int], timeout: float) -> _Conn:
+    async def _connect(self, addr: tuple[str, int, bool], timeout: float) -> _Conn:
         loop = asyncio.get_running_loop()
+        host, port, tls = addr
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(_Conn, *addr)
+                _, conn = await loop.create_connection(_Conn, host, port, ssl=tls or None)
         except (OSError, TimeoutError) as e:
             raise UpstreamConnectError(f"cannot connect to {addr[0]}:{addr[1]}: {e}") from e
         return conn
