@@ -46,6 +46,10 @@ class PackedStep:
     request_ids: list[str] = field(default_factory=list)
 
 
+def _first(entry: tuple) -> int:
+    return entry[0]
+
+
 def _token_slice(request: Request, start: int, end: int) -> list[int]:
     prompt, n = request.prompt_token_ids, request.num_prompt_tokens
     if start >= n:
@@ -169,20 +173,32 @@ class TorchRunner(ModelRunner):
             end = start + n
             if n <= 0 or end > len(r.prompt_token_ids) + len(r.output_token_ids):
                 raise ValueError(f"request {r.request_id}: cannot compute tokens [{start}, {end}) of {r.num_tokens}")
-            blocks = r.block_ids[:-(-end // bs)]  # a copy: the engine may change the table after this step
-            if len(blocks) * bs < end or max(blocks) >= num_blocks or min(blocks) < 0:
+            nblk = -(-end // bs)
+            blocks = r.block_ids[:nblk]  # a copy: the engine may change the table after this step
+            if len(blocks) < nblk or max(blocks) >= num_blocks or min(blocks) < 0:
                 raise ValueError(f"request {r.request_id}: block table {blocks} does not cover {end} tokens "
                                  f"in a pool of {num_blocks} blocks")
             (decodes if n == 1 else chunks).append((end, index, chunk, SeqSpan(start, n, blocks)))
         # Decodes first, longest context first, so that decode groups pad little; then multi-token chunks.
-        decodes.sort(key=lambda e: -e[0])
+        decodes.sort(key=_first, reverse=True)
         step = PackedStep(num_chunks=len(batch.chunks))
-        for end, index, chunk, span in decodes + chunks:
-            step.spans.append(span)
-            step.token_ids.extend(_token_slice(chunk.request, span.start, end))
-            step.positions.extend(range(span.start, end))
+        spans, token_ids, positions = step.spans, step.token_ids, step.positions
+        for end, index, chunk, span in decodes:  # the common case, kept lean: one token each
+            r = chunk.request
+            spans.append(span)
+            token_ids.append(_token_slice(r, end - 1, end)[0])
+            positions.append(end - 1)
+            if chunk.sample:  # False for a one-token slice of a prompt that the token budget cut short
+                step.keep_rows.append(len(token_ids) - 1)
+                step.sample_chunks.append(index)
+                step.params.append(r.sampling)
+                step.request_ids.append(r.request_id)
+        for end, index, chunk, span in chunks:
+            spans.append(span)
+            token_ids.extend(_token_slice(chunk.request, span.start, end))
+            positions.extend(range(span.start, end))
             if chunk.sample:
-                step.keep_rows.append(len(step.token_ids) - 1)
+                step.keep_rows.append(len(token_ids) - 1)
                 step.sample_chunks.append(index)
                 step.params.append(chunk.request.sampling)
                 step.request_ids.append(chunk.request.request_id)

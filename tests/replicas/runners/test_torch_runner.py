@@ -225,3 +225,15 @@ def test_auto_kernel_choice_times_candidates_and_drops_broken_ones(runner: Torch
         runner.kernel = kernel
     assert set(timings) == {"flex", "sdpa"} and all(t > 0 for t in timings.values())
     assert "flash_attn" in errors  # not installed here: skipped, not fatal
+
+
+def test_one_token_prompt_slice_does_not_sample(runner: TorchRunner, hf_model) -> None:  # noqa: ANN001
+    prompt = torch.randint(3, 500, (10,), generator=torch.Generator().manual_seed(8)).tolist()
+    e = _request("e", prompt, [50])
+    f = _request("f", prompt[:6], [51])
+    out = runner.execute_sync(StepBatch([ScheduledChunk(f, 6, True), ScheduledChunk(e, 1, False)]))
+    assert out[1] is None and isinstance(out[0], int)
+    e.num_computed_tokens = 1
+    tok = runner.execute_sync(StepBatch([ScheduledChunk(e, 9, True)]))[0]
+    with torch.inference_mode():
+        assert tok == hf_model(torch.tensor([prompt])).logits[0, -1].argmax().item()
