@@ -14,7 +14,8 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   free sequence slot (in-flight requests >= its reported ``max_num_seqs``).
 
 Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica from load reports (an exponential
-average of non-zero reports, seeded by ``prefill_tps``/``decode_step_ms`` options; ``foresight_state``).
+average of non-zero reports; ``foresight_state``). A replica that has not measured a rate yet uses the fleet's
+average of measured ones (the ``prefill_tps``/``decode_step_ms`` options before any measurement).
 ``Decision.explanation`` carries the terms of the ``explain_top`` (8) best replicas; ``costs`` gives all of them.
 
 Replicas within ``near_rel`` (10%) or ``near_abs`` (5 ms) of the best are shuffled in front (power-of-k
@@ -60,14 +61,31 @@ class ForesightPolicy(RoutingPolicy):
         self.rng = random.Random(o.get("seed"))
         self.matcher = PrefixMatcher(ctx)
         self.rates: dict[str, ReplicaState] = {}
+        self.fleet_tps, self.fleet_step_s = self.prior_tps, self.prior_step_s
+        self._fleet_seen = self._fleet_step_seen = False
         self.token_factor = 1.0  # real prompt tokens / gateway estimate, learned
 
     def _state(self, r: ReplicaView) -> ReplicaState:
         st = self.rates.get(r.id)
         if st is None:
             st = self.rates[r.id] = ReplicaState(self.prior_tps, self.prior_step_s, self.kv_capacity_tokens)
-        if st.update(r.load, self.alpha, self.report_weight) and st.kv_blocks_total:
-            self.matcher.set_replica_kv(r.id, st.kv_blocks_total * st.block_size)
+        if st.update(r.load, self.alpha, self.report_weight):
+            if st.kv_blocks_total:
+                self.matcher.set_replica_kv(r.id, st.kv_blocks_total * st.block_size)
+            # The fleet's rates, for replicas that have not measured their own yet (idle since they started):
+            # a fixed prior would make every measured replica look faster or slower than the unmeasured ones.
+            if st.tps_learned:
+                self.fleet_tps += 0.05 * (st.prefill_tps - self.fleet_tps) if self._fleet_seen else 0.0
+                if not self._fleet_seen:
+                    self.fleet_tps, self._fleet_seen = st.prefill_tps, True
+            if st.step_learned:
+                self.fleet_step_s += 0.05 * (st.decode_step_s - self.fleet_step_s) if self._fleet_step_seen else 0.0
+                if not self._fleet_step_seen:
+                    self.fleet_step_s, self._fleet_step_seen = st.decode_step_s, True
+        if not st.tps_learned:
+            st.prefill_tps = self.fleet_tps
+        if not st.step_learned:
+            st.decode_step_s = self.fleet_step_s
         st.sync_remote(r.remote)
         return st
 

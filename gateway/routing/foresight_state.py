@@ -20,7 +20,8 @@ def _f(load: Mapping[str, Any], key: str) -> float:
 
 class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
-                 "kv_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen", "own_requests",
+                 "kv_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen", "own_requests", "tps_learned",
+                 "step_learned",
                  "own_prefill", "own_decode")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
@@ -30,6 +31,8 @@ class ReplicaState:
         self.used = 0.0  # KV tokens referenced by running requests
         self.capacity = capacity  # KV tokens in all
         self.running = 0
+        self.tps_learned = False  # a report gave a measured rate (until then the fleet's average stands in)
+        self.step_learned = False
         self.block_size = 16
         self.kv_blocks_total = 0
         self.max_num_seqs = 0  # running requests at most (0: not reported)
@@ -64,9 +67,12 @@ class ReplicaState:
         tps = _f(load, "prefill_tokens_per_s")
         step = _f(load, "decode_step_ms") / 1000.0
         if tps > 0:
-            self.prefill_tps += alpha * (tps - self.prefill_tps)
+            self.prefill_tps = tps if not self.tps_learned else self.prefill_tps + alpha * (tps - self.prefill_tps)
+            self.tps_learned = True
         if step > 0:
-            self.decode_step_s += alpha * (step - self.decode_step_s)
+            self.decode_step_s = step if not self.step_learned else (
+                self.decode_step_s + alpha * (step - self.decode_step_s))
+            self.step_learned = True
         self.block_size = int(_f(load, "block_size")) or self.block_size
         self.kv_blocks_total = int(_f(load, "kv_blocks_total"))
         self.waiting = report_weight * _f(load, "waiting_prompt_tokens")

@@ -140,3 +140,13 @@ def test_peer_gateways_are_assumed_to_mirror_own_dispatches_until_the_next_sync(
     assert d.explanation[chosen]["queue_s"] == pytest.approx(3 * first.prompt_tokens / p.rates[chosen].prefill_tps)
     replicas[int(chosen[1])].remote = InflightCounts()  # a state sync: real remote counts replace the guess
     assert p.rank(req("a burst of identical work " * 100), replicas).explanation[chosen]["queue_s"] == 0
+
+
+def test_a_replica_without_a_measured_rate_borrows_the_fleets() -> None:
+    p = policy()
+    replicas = views(2)
+    replicas[0].load = report(prefill_tokens_per_s=30000.0, waiting_prompt_tokens=3000)
+    replicas[1].load = report(prefill_tokens_per_s=None, waiting_prompt_tokens=3000)  # idle since it started
+    d = p.rank(req("z " * 2000), replicas)
+    assert p.rates["r1"].prefill_tps == p.rates["r0"].prefill_tps == 30000.0
+    assert d.explanation["r0"]["ttft_s"] == pytest.approx(d.explanation["r1"]["ttft_s"])
