@@ -8,8 +8,11 @@ Use it in-process (tests, the torch runner's correctness check) or behind the HT
     await engine.stop()
 
 ``generate`` starts the loop on first use; closing the generator early (``contextlib.aclosing``, ``aclose()``,
-garbage collection) or cancelling the task aborts the request and frees its blocks. ``add_request`` raises ``foresight.errors.APIError``: 400 for a prompt
-that cannot fit (``max_model_len``, the KV pool), 503 with Retry-After when ``max_waiting`` requests wait.
+garbage collection) or cancelling the task aborts the request and frees its blocks. ``add_request`` raises
+``foresight.errors.APIError``: 400 for a prompt that cannot fit (``max_model_len``, the KV pool), 503 with
+Retry-After when ``max_waiting`` requests wait. The server uses ``add_request`` + ``stream_batches`` (all outputs
+ready at once, so a slow reader gets them coalesced); listeners (``EngineListener``: metrics, tracing) observe
+steps, admissions and finishes.
 
 Stop logic lives here, for every runner: EOS (unless ``ignore_eos``), ``stop_token_ids``, stop strings
 (never leaked into the text), ``forced_output_tokens`` (finish "stop"), ``max_tokens`` and ``max_model_len``
