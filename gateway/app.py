@@ -6,6 +6,7 @@ lifetimes; ``build_app`` wires them into an aiohttp application whose startup/cl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -62,7 +63,7 @@ class Gateway:
         ctx = PolicyContext(cfg.gateway_id, self.store, cfg.policy_opts, cfg.block_size, cfg.hash_seed,
                             cfg.key_prefix)
         self.policy_name, self.policy = make_policy(cfg, ctx)
-        self.estimator = load_estimator(cfg.predictor)
+        self.estimator = load_estimator(cfg.predictor, cfg.redis, cfg.key_prefix)
         self.auth = Auth(parse_keys_file(cfg.api_keys) if cfg.api_keys else None, cfg.admin_token)
         self.limiter = RateLimiter()
         self.admission = Admission(cfg.max_inflight, cfg.queue_size, cfg.queue_timeout)
@@ -117,6 +118,9 @@ class Gateway:
             self.proxy.upstream.close()
         if self.session is not None:
             await self.session.close()
+        close = getattr(self.estimator, "close", None)
+        if close is not None:  # persists the online predictor's observations; blocking, so off the loop
+            await asyncio.to_thread(close)
 
     # -- request path
     async def read_body(self, request: web.Request) -> bytes:

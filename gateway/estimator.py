@@ -78,14 +78,15 @@ class HistoryEstimator:
             self._cache[model] = (_quantile(ordered, 0.5), _quantile(ordered, 0.9))
 
 
-def load_estimator(spec: str | None) -> OutputEstimator:
-    """The estimator for ``--predictor`` (``default``, ``off`` or a path); see the module docstring."""
+def load_estimator(spec: str | None, redis_url: str | None = None, prefix: str = "foresight:") -> OutputEstimator:
+    """The estimator for ``--predictor`` (``default``, ``off`` or a path); see the module docstring. With
+    ``redis_url`` the learned predictor's online observations are shared through that Redis."""
     if not spec or spec == "off":
         return HistoryEstimator()
     try:
         from gateway.predictor_adapter import PredictorEstimator
 
-        return PredictorEstimator.load(spec)
+        return PredictorEstimator.load(spec, redis_url, prefix)
     except Exception as e:  # noqa: BLE001 - any failure to load a learned model degrades to the fallback
         log.warning("predictor %r unavailable (%s: %s); using the history estimator", spec, type(e).__name__, e)
         return HistoryEstimator()

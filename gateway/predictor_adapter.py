@@ -1,11 +1,12 @@
 """``PredictorEstimator``: the learned output-length predictor (``predictor`` package) behind the gateway's
 ``OutputEstimator`` protocol.
 
-``--predictor default`` loads the predictor package's default artifact (``predictor.model.load_default()`` or the
-path ``predictor.model.DEFAULT_ARTIFACT``, whichever the package provides); ``--predictor PATH`` loads that
-artifact with ``predictor.model.load``. Any failure raises, and ``gateway.estimator.load_estimator`` falls back to
-the history estimator. Observed lengths go to the predictor's ``observe`` when it has one (online adaptation) and
-always to a history estimator, which answers for a request the predictor cannot score.
+``--predictor default`` loads the predictor package's shipped artifact, ``--predictor PATH`` that artifact, both
+wrapped in the package's online learner (``predictor.load_online``): completed requests' true lengths go to its
+``observe`` (O(1); a background thread refits and swaps atomically), and what it learned is kept in the gateway's
+Redis when one is configured (shared by all gateways, surviving restarts), else in memory. Any failure to load
+raises, and ``gateway.estimator.load_estimator`` falls back to the history estimator. Observed lengths also always
+go to a history estimator, which answers for a request the predictor cannot score.
 """
 
 from __future__ import annotations
@@ -15,22 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.estimator import HistoryEstimator, OutputEstimate
+from gateway.estimator import HistoryEstimator, OutputEstimate, max_tokens_of
 
 log = logging.getLogger(__name__)
 
 
-def _load_predictor(spec: str) -> Any:
-    from predictor import model as pm
+def _load_predictor(spec: str, redis_url: str | None = None, prefix: str = "foresight:") -> Any:
+    from predictor import load_online
 
-    if spec != "default":
-        return pm.load(Path(spec))
-    if hasattr(pm, "load_default"):
-        return pm.load_default()
-    default = getattr(pm, "DEFAULT_ARTIFACT", None)
-    if default is None:
-        raise FileNotFoundError("the predictor package has no default artifact")
-    return pm.load(Path(default))
+    return load_online(None if spec == "default" else Path(spec), redis_url=redis_url, prefix=prefix)
 
 
 class PredictorEstimator:
@@ -40,10 +34,17 @@ class PredictorEstimator:
         self._warned = False
 
     @classmethod
-    def load(cls, spec: str) -> PredictorEstimator:
-        est = cls(_load_predictor(spec))
-        log.info("output lengths from the learned predictor (%s)", spec)
+    def load(cls, spec: str, redis_url: str | None = None, prefix: str = "foresight:") -> PredictorEstimator:
+        est = cls(_load_predictor(spec, redis_url, prefix))
+        log.info("output lengths from the learned predictor (%s, online store: %s)", spec,
+                 "redis" if redis_url else "memory")
         return est
+
+    def close(self) -> None:
+        """Stop the online learner and persist what it learned (blocking: call it off the event loop)."""
+        close = getattr(self.predictor, "close", None)
+        if close is not None:
+            close()
 
     def estimate(self, model: str, body: Mapping[str, Any], prompt_text: str, prompt_tokens: int) -> OutputEstimate:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -66,7 +67,11 @@ class PredictorEstimator:
         self.fallback.observe(model, body, prompt_text, prompt_tokens, output_tokens)
         observe = getattr(self.predictor, "observe", None)
         if observe is not None:
+            # A completion that reached max_tokens was cut: its length is only a lower bound, and learning from
+            # it would bias the predictor short, so the learner is told it did not finish.
+            cap = max_tokens_of(body)
             try:
-                observe(model=model, body=body, output_tokens=output_tokens)
+                observe(model=model, body=body, output_tokens=output_tokens,
+                        finished=cap is None or output_tokens < cap)
             except Exception as e:  # noqa: BLE001 - online learning is best effort
                 log.debug("predictor observe failed: %s", e)
