@@ -22,8 +22,21 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def adjacent_free_ports() -> int:
+    """A port p with p + 1 free too (`foresight up` numbers replicas from --replica-port upward)."""
+    for _ in range(100):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no two adjacent free ports")
+
+
 def test_up_prints_a_working_curl_and_stops_everything_on_sigterm(procs: ProcessManager) -> None:
-    port, rport = free_port(), free_port()
+    port, rport = free_port(), adjacent_free_ports()
     up = procs.spawn(foresight_cmd("up", "--runner", "sim", "--model", "tiny", "--replicas", "2", "--port",
                                    str(port), "--replica-port", str(rport)), port, health_path="/ready", timeout=120)
     deadline = time.monotonic() + 30
