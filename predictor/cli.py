@@ -112,7 +112,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prepared, examples, meta = _prepare(args)
     saved = artifact.meta.get("config", {})
     head = args.head or saved.get("head", "stack")
-    config = TrainConfig(head=head, alpha=saved.get("alpha", TrainConfig.alpha), seed=args.seed)
+    config = TrainConfig(head=head, alpha=saved.get("alpha", TrainConfig.alpha), seed=args.seed,
+                         neighbours=saved.get("neighbours", TrainConfig.neighbours))
     heads = list(dict.fromkeys([h.strip() for h in args.candidates.split(",") if h.strip()] + [head]))
     with tqdm(total=args.folds * len(heads), desc="cross-validate", unit="fit") as bar:
         report = cross_validate(prepared, config, heads, folds=args.folds, progress=bar)

@@ -20,10 +20,11 @@ import orjson
 from predictor.base import Head, Prediction, head_row
 from predictor.features import FEATURE_SCHEMA, Features, Request, extract, make_request
 from predictor.heads import HEADS
+from predictor.neighbours import NeighbourScorer
 from predictor.stats import StatsTable
 from predictor.text import TextScorer
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: the nearest-training-prompt score (predictor/neighbours.py)
 ARTIFACT_KIND = "foresight-predictor"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default.json.gz"
 REBUILD_HINT = "rebuild it with `foresight predictor train` (see docs/predictor.md)"
@@ -34,9 +35,11 @@ class ArtifactError(RuntimeError):
 
 
 class Predictor:
-    def __init__(self, stats: StatsTable, text: TextScorer, head: Head, meta: dict[str, Any]) -> None:
+    def __init__(self, stats: StatsTable, text: TextScorer, head: Head, meta: dict[str, Any],
+                 neighbours: NeighbourScorer | None = None) -> None:
         self.stats = stats
         self.text = text
+        self.neighbours = neighbours
         self.head = head
         self.meta = meta
 
@@ -68,13 +71,17 @@ class Predictor:
         return [_clamp(float(a), float(b), f.max_tokens) for a, b, f in zip(p50, p90, feats, strict=True)]
 
     def row(self, f: Features, stats: StatsTable) -> np.ndarray:
-        return head_row(stats.vector(f.model), self.text.score(f), f.dense)
+        score = self.text.score(f)
+        if self.neighbours is not None:
+            score = self.neighbours.combine(score, f)
+        return head_row(stats.vector(f.model), score, f.dense)
 
     # --- the artifact -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"kind": ARTIFACT_KIND, "artifact_version": ARTIFACT_VERSION, "feature_schema": FEATURE_SCHEMA,
                 "head": self.head.name, "meta": self.meta, "stats": self.stats.to_dict(),
-                "text": self.text.to_dict(), "head_params": self.head.to_dict()}
+                "text": self.text.to_dict(), "head_params": self.head.to_dict(),
+                "neighbours": None if self.neighbours is None else self.neighbours.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Predictor:
@@ -90,7 +97,8 @@ class Predictor:
         if head_cls is None:
             raise ArtifactError(f"{source} uses unknown head {d.get('head')!r} (known: {sorted(HEADS)})")
         return cls(StatsTable.from_dict(d["stats"]), TextScorer.from_dict(d["text"]),
-                   head_cls.from_dict(d["head_params"]), dict(d.get("meta", {})))
+                   head_cls.from_dict(d["head_params"]), dict(d.get("meta", {})),
+                   NeighbourScorer.from_dict(d["neighbours"]) if d.get("neighbours") else None)
 
     def to_bytes(self) -> bytes:
         raw = orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)

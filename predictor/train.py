@@ -19,6 +19,7 @@ from predictor.data import Example
 from predictor.features import FEATURE_SCHEMA, Features, extract
 from predictor.heads import DEFAULT_HEAD, HEADS
 from predictor.model import ARTIFACT_VERSION, Predictor
+from predictor.neighbours import K, NeighbourScorer, fit_blend
 from predictor.stats import StatsTable
 from predictor.text import TextScorer
 
@@ -29,6 +30,7 @@ class TrainConfig:
     alpha: float = 30.0  # ridge strength on the text score; chosen by grouped CV (docs/predictor.md)
     inner_folds: int = 5
     trees: int = 150  # boosting iterations of the stack head, per quantile
+    neighbours: int = K  # k of the nearest-training-prompt score blended into the text score; 0 turns it off
     seed: int = 0
 
 
@@ -67,12 +69,23 @@ def fit(data: Prepared, config: TrainConfig, meta: dict[str, Any] | None = None,
     base = np.array([stats.vector(m)[0] for m in data.models])
     residual = data.log_y - base
     oof = np.zeros_like(residual)
+    knn = np.zeros_like(residual)
     n_groups = len(set(data.groups.tolist()))
     for tr, te in group_folds(data.groups, min(config.inner_folds, n_groups), config.seed):
         scorer = TextScorer.fit([data.features[i] for i in tr], residual[tr], config.alpha)
         oof[te] = scorer.score_batch([data.features[i] for i in te])
+        if config.neighbours:
+            # Neighbours from the other inner folds only: a prompt never sees its own length.
+            near = _neighbours(data, residual, tr, config.neighbours)
+            knn[te] = [near.raw(data.features[i]) for i in te]
         _tick(progress)
     text = TextScorer.fit(data.features, residual, config.alpha)
+    neighbours = None
+    if config.neighbours:
+        neighbours = _neighbours(data, residual, np.arange(len(residual)), config.neighbours)
+        neighbours.blend = fit_blend(oof, knn, residual)
+        oof = np.array([neighbours.blend[0] * r + neighbours.blend[1] * n + neighbours.blend[2]
+                        for r, n in zip(oof, knn, strict=True)])
     _tick(progress)
     Z = np.stack([head_row(stats.vector(m), s, f.dense) for m, s, f in zip(data.models, oof, data.features,
                                                                            strict=True)])
@@ -81,9 +94,24 @@ def fit(data: Prepared, config: TrainConfig, meta: dict[str, Any] | None = None,
     info = {"config": asdict(config), "rows": int(len(data.log_y)), "prompts": n_groups,
             "models": sorted(set(data.models.tolist())), "artifact_version": ARTIFACT_VERSION,
             "feature_schema": FEATURE_SCHEMA, **(meta or {})}
-    trained = Predictor(stats, text, head, info)
+    trained = Predictor(stats, text, head, info, neighbours)
     # Round-trip through the serialised form, so the in-memory model predicts exactly like the saved artifact.
     return Predictor.from_dict(trained.to_dict())
+
+
+def _neighbours(data: Prepared, residual: np.ndarray, rows: np.ndarray, k: int) -> NeighbourScorer:
+    """Neighbours over the distinct prompts of ``rows``, each with its mean residual over its rows."""
+    first: dict[Any, int] = {}
+    total: dict[Any, float] = {}
+    count: dict[Any, int] = {}
+    for i in rows.tolist():
+        g = data.groups[i]
+        first.setdefault(g, i)
+        total[g] = total.get(g, 0.0) + float(residual[i])
+        count[g] = count.get(g, 0) + 1
+    keys = list(first)
+    return NeighbourScorer.fit([data.features[first[g]] for g in keys],
+                               np.array([total[g] / count[g] for g in keys]), k=k)
 
 
 def steps(config: TrainConfig) -> int:
