@@ -31,6 +31,10 @@ class NeighbourScorer:
                  k: int = K) -> None:
         self.idf, self.start, self.ids, self.weights, self.targets = idf, start, ids, weights, targets
         self.blend, self.k = blend, k
+        # Request-path arrays: slot -> row, and per row its IDF and postings span.
+        self.row = {slot: i for i, slot in enumerate(idf)}
+        self.idf_arr = np.array(list(idf.values()), np.float64)
+        self.span_arr = np.array([start[slot] for slot in idf], np.int64).reshape(-1, 2)
 
     @classmethod
     def fit(cls, prompts: Sequence[Features], targets: np.ndarray, k: int = K) -> NeighbourScorer:
@@ -61,13 +65,25 @@ class NeighbourScorer:
 
     def raw(self, f: Features) -> float:
         """Similarity-weighted mean target of the ``k`` nearest prompts (0.0, the average, when none shares a slot)."""
-        vec = _weighted({s: v for s, v in f.sparse.items() if s in self.idf}, self.idf)
-        if not vec:
+        get = self.row.get
+        rows = np.fromiter((get(s, -1) for s in f.sparse), np.int64, len(f.sparse))
+        known = rows >= 0
+        if not known.any():
             return 0.0
-        spans = [self.start[s] for s in vec]
-        ids = np.concatenate([self.ids[a:b] for a, b in spans])
-        ws = np.concatenate([self.weights[a:b] * vec[s] for (a, b), s in zip(spans, vec, strict=True)])
-        sims = np.bincount(ids, weights=ws, minlength=len(self.targets))
+        rows = rows[known]
+        q = np.fromiter(f.sparse.values(), np.float64, len(f.sparse))[known] * self.idf_arr[rows]
+        norm = math.sqrt(float(q @ q))
+        if norm == 0.0:
+            return 0.0
+        q /= norm
+        # Gather every posting of the query's slots with a handful of vectorised operations, whatever the number of
+        # slots (a long prompt has hundreds; a Python loop over them cost a millisecond).
+        spans = self.span_arr[rows]
+        lengths = spans[:, 1] - spans[:, 0]
+        ends = np.cumsum(lengths)
+        at = np.repeat(spans[:, 0] - (ends - lengths), lengths) + np.arange(int(ends[-1]))
+        ws = self.weights[at] * np.repeat(q, lengths)
+        sims = np.bincount(self.ids[at], weights=ws, minlength=len(self.targets))
         k = min(self.k, len(sims))
         top = np.argpartition(-sims, k - 1)[:k]
         w = np.maximum(sims[top], 0.0) + 1e-6
