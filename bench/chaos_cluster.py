@@ -23,13 +23,9 @@ from pathlib import Path
 
 import orjson
 
+from bench.procs import free_port
+
 ADMIN_TOKEN = "chaos-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, token: str | None = None, timeout: float = 2.0) -> dict:

@@ -16,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from bench.procs import free_port, stop_processes, wait_http
 
 BODY = '{"model":"mock","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 LUA = f"""wrk.method = "POST"
@@ -26,25 +27,6 @@ wrk.headers["Content-Type"] = "application/json"
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} not up after {timeout}s")
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -147,13 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} and {out.with_suffix('.png')}")
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -58,7 +58,7 @@ class Replicas:
         self.log = tempfile.NamedTemporaryFile(prefix="bench-sim-", suffix=".log", delete=False)
 
     def start(self, n: int) -> list[str]:
-        from bench.overhead import free_port, wait_http
+        from bench.procs import free_port, wait_http
 
         new = []
         for _ in range(n - len(self.procs)):

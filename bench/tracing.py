@@ -85,7 +85,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.overhead import LUA, free_port, run_wrk, wait_http
+    from bench.overhead import LUA, run_wrk
+    from bench.procs import free_port, stop_processes, wait_http
     from bench.results import results_dir, write_json
 
     if shutil.which("wrk") is None:
@@ -143,13 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} and {out.with_suffix('.png')}")
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

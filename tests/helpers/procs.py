@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from bench.procs import foresight_cmd, free_port
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ProcessManager", "ProjectProcess", "foresight_cmd", "free_port"]
 
 
-def foresight_cmd(*args: str) -> list[str]:
-    """The command line of `foresight ARGS` with this interpreter (works without the console script)."""
-    return [sys.executable, "-m", "foresight.cli", *args]
 
 
 class ProjectProcess:
