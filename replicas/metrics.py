@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from replicas.engine.engine import Engine, StepStats
 from replicas.engine.request import Request
 
+_GEN_RATE_WINDOW_S = 10.0  # generation_tokens_per_second averages over this window
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5)
 _LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -64,7 +65,14 @@ class ReplicaMetrics:
             self.preemptions.inc(stats.num_preempted)
         if stats.num_sampled:
             self.generation_tokens.inc(stats.num_sampled)
-            self._recent.append((time.monotonic(), stats.num_sampled))
+            now = time.monotonic()
+            self._recent.append((now, stats.num_sampled))
+            self._trim_recent(now)  # here too, not only on scrape: unscraped replicas would grow without bound
+
+    def _trim_recent(self, now: float) -> None:
+        """Keep only the last 10 s of sampled-token counts (the window of ``gen_rate``)."""
+        while self._recent and self._recent[0][0] < now - _GEN_RATE_WINDOW_S:
+            self._recent.popleft()
 
     def on_admit(self, req: Request, cached_tokens: int) -> None:
         self.prompt_tokens.inc(req.num_prompt_tokens)
@@ -94,8 +102,6 @@ class ReplicaMetrics:
         self.prefill_rate.set(e.prefill_tokens_per_s or 0.0)
         self.decode_step.set((e.decode_step_ms or 0.0) / 1e3)
         self.events_seq.set(e.publisher.seq)
-        now = time.monotonic()
-        while self._recent and self._recent[0][0] < now - 10.0:
-            self._recent.popleft()
-        self.gen_rate.set(sum(n for _, n in self._recent) / 10.0)
+        self._trim_recent(time.monotonic())
+        self.gen_rate.set(sum(n for _, n in self._recent) / _GEN_RATE_WINDOW_S)
         return generate_latest(self.registry)
