@@ -4,6 +4,11 @@ Starts 2 mock OpenAI backends (``bench/mock_backend.py``) and a gateway (``round
 of them, then drives closed-loop load with ``wrk`` (Debian package ``wrk``) at each concurrency: once directly at
 the backends (connections split over both, as the gateway splits requests), once through the gateway. Reports
 req/s, p50/p99 latency and the ratio to direct; writes JSON and a PNG under ``bench/results/``.
+
+``--external NAME=COMMAND`` (repeatable) measures a peer router in the same run, against the same backends: COMMAND
+is a template with ``{port}``, ``{aux_port}`` (a second free port, e.g. for a metrics listener), ``{replicas}``
+(comma-separated URLs) and ``{replicas_space}`` (space-separated), e.g. ``--external "sglang-router=sglang-router
+launch --host 127.0.0.1 --port {port} --prometheus-port {aux_port} --worker-urls {replicas_space}"``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -56,6 +62,31 @@ def run_wrk(urls: list[str], connections: int, duration: float, script: str) -> 
     return out
 
 
+def _row(run: dict, mode: str) -> dict:
+    return run[mode] if mode in ("direct", "gateway") else run["external"][mode]
+
+
+def _compare(direct: dict, via: dict) -> dict:
+    return {"throughput_ratio": via["rps"] / direct["rps"] if direct["rps"] else 0.0,
+            "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "added_p99_ms": via["p99_ms"] - direct["p99_ms"]}
+
+
+def _start_external(template: str, backends: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = shlex.split(template.format(port=port, aux_port=free_port(), replicas=",".join(backends),
+                                      replicas_space=" ".join(backends)))
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/v1/models", timeout=120)
+    except TimeoutError:
+        proc.kill()
+        tail = log.read_text(errors="replace")[-2000:]
+        raise SystemExit(f"external router did not come up ({' '.join(cmd)}):\n{tail}") from None
+    return proc, url
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -65,9 +96,13 @@ def plot(results: dict, path: Path) -> None:
     conc = sorted(results["runs"], key=int)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     x = range(len(conc))
-    for off, mode in ((-0.2, "direct"), (0.2, "gateway")):
-        a.bar([i + off for i in x], [results["runs"][c][mode]["rps"] for c in conc], 0.4, label=mode)
-        b.bar([i + off for i in x], [results["runs"][c][mode]["p50_ms"] for c in conc], 0.4, label=f"{mode} p50")
+    modes = ["direct", "gateway", *results.get("externals", [])]
+    w = 0.8 / len(modes)
+    for k, mode in enumerate(modes):
+        off = (k - (len(modes) - 1) / 2) * w
+        label = "foresight" if mode == "gateway" else mode
+        a.bar([i + off for i in x], [_row(results["runs"][c], mode)["rps"] for c in conc], w, label=label)
+        b.bar([i + off for i in x], [_row(results["runs"][c], mode)["p50_ms"] for c in conc], w, label=label)
     for ax, title in ((a, "throughput (req/s)"), (b, "p50 latency (ms)")):
         ax.set_xticks(list(x), [f"c={c}" for c in conc])
         ax.set_title(title)
@@ -75,6 +110,13 @@ def plot(results: dict, path: Path) -> None:
     fig.suptitle(f"gateway overhead vs direct (2 mock backends, delay {results['backend_delay_ms']} ms)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def _report(c: int, label: str, r: dict, cmp: dict | None = None) -> None:
+    line = f"c={c:<3} {label:<14} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+    if cmp is not None:
+        line += f"  | {cmp['throughput_ratio']:.2f}x direct, {cmp['added_p50_ms']:+.2f} ms p50"
+    print(line)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
         gateway = f"http://127.0.0.1:{gport}"
         for url in [*backends, gateway]:
             wait_http(url + "/health")
+        externals: dict[str, str] = {}
+        for spec in args.external:
+            name, sep, template = spec.partition("=")
+            if not sep:
+                raise SystemExit(f"--external expects NAME=COMMAND, got {spec!r}")
+            proc, externals[name.strip()] = _start_external(template.strip(), backends, env,
+                                                             Path(tmp) / f"{name.strip()}.log")
+            procs.append(proc)
         time.sleep(1.0)  # let the gateway's first probes learn the models
         runs: dict[str, dict] = {}
         for c in args.concurrency:
@@ -111,15 +161,17 @@ def run(args: argparse.Namespace) -> int:
             run_wrk([gateway], c, 1, script)
             direct = run_wrk(backends, c, args.duration, script)
             via = run_wrk([gateway], c, args.duration, script)
-            ratio = via["rps"] / direct["rps"] if direct["rps"] else 0.0
-            runs[str(c)] = {"direct": direct, "gateway": via, "throughput_ratio": ratio,
-                            "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
-                            "added_p99_ms": via["p99_ms"] - direct["p99_ms"]}
-            print(f"c={c:<3} direct {direct['rps']:8.0f} req/s p50 {direct['p50_ms']:.2f} ms p99 "
-                  f"{direct['p99_ms']:.2f} ms | gateway {via['rps']:8.0f} req/s p50 {via['p50_ms']:.2f} ms p99 "
-                  f"{via['p99_ms']:.2f} ms | ratio {ratio:.2f}x, +{via['p50_ms'] - direct['p50_ms']:.2f} ms p50")
+            runs[str(c)] = {"direct": direct, "gateway": via, **_compare(direct, via), "external": {}}
+            _report(c, "direct", direct)
+            _report(c, "foresight", via, runs[str(c)])
+            for name, url in externals.items():
+                run_wrk([url], c, 1, script)
+                ext = run_wrk([url], c, args.duration, script)
+                runs[str(c)]["external"][name] = {**ext, **_compare(direct, ext)}
+                _report(c, name, ext, runs[str(c)]["external"][name])
         results = {"benchmark": "overhead", "load_generator": "wrk", "backends": 2, "policy": "round_robin",
                    "backend_delay_ms": args.delay_ms, "duration_s": args.duration, "runs": runs,
+                   "externals": list(externals),
                    "goal": {"concurrency": 8, "min_throughput_ratio": 0.75, "max_added_p50_ms": 0.5}}
         if "8" in runs:
             results["goal"]["met"] = (runs["8"]["throughput_ratio"] >= 0.75 and runs["8"]["added_p50_ms"] <= 0.5)
@@ -141,4 +193,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--delay-ms", type=float, default=0.0, help="mock backend service time per request")
     p.add_argument("--json", default=None, help="output path (default bench/results/overhead<tag>.json)")
     p.add_argument("--tag", default="", help="suffix of the default output name")
+    p.add_argument("--external", action="append", default=[], metavar="NAME=COMMAND",
+                   help="a peer router measured in the same run (template with {port}, {aux_port}, {replicas}, {replicas_space})")
     p.set_defaults(func=run)
