@@ -4,7 +4,9 @@ Starts real ``foresight replica --runner sim`` processes and measures, as a clie
 ``/v1/completions`` with token-id prompts, so prompt lengths are exact):
 
 1. TTFT of one request alone at 1k, 4k and 16k prompt tokens (fresh random prompts, no prefix hits),
-   against ``CostModel.prefill_time`` (chunked at ``--max-batched-tokens``);
+   against ``CostModel.prefill_time`` (chunked at ``--max-batched-tokens``), timed with a lean keep-alive
+   HTTP/1.1 client (``bench/raw_http.py``) so that a client library's own ~1 ms per request on this host is
+   not charged to the replica; the aiohttp client's TTFT for the same workload is reported beside it;
 2. TPOT at 1, 32 and 128 concurrent streams on one replica (outputs forced with ``X-Sim-Output-Tokens``),
    per stream ``(t_last - t_first) / (tokens - 1)``, against the mean predicted decode step of that batch;
 3. scale: R replicas sharing S concurrent streams evenly (16 x 128 first), TPOT against the prediction for
@@ -145,22 +147,47 @@ def _session():  # noqa: ANN202
 
 
 async def measure_ttft(url: str, lengths: list[int], repeats: int, cost: Any, chunk: int) -> list[dict[str, Any]]:
+    """TTFT through HTTP with the lean client of ``bench.raw_http`` (the replica's time, not a client library's);
+    the same prompts' TTFT through aiohttp is recorded beside it for comparison."""
+    import orjson
+
+    from bench.raw_http import KeepAliveClient
+
     rng = random.Random(1)
+    host, _, port = url.removeprefix("http://").partition(":")
+    lean = KeepAliveClient(host, int(port))
+
+    async def lean_once(prompt: list[int]) -> float:
+        body = orjson.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 1, "stream": True, "ignore_eos": True})
+        t = await lean.post_stream("/v1/completions", body, {"X-Sim-Output-Tokens": "1"})
+        if t.status != 200 or t.first_data is None:
+            raise RuntimeError(f"{url}: HTTP {t.status}: {b''.join(t.events)[:200]!r}")
+        return t.first_data - t.sent
+
     out = []
-    async with _session() as s:
-        await stream_once(s, url, random_prompt(rng, 64), 1)  # warm the connection and the replica
-        for n in lengths:
-            samples = []
-            for _ in range(repeats):
-                r = await stream_once(s, url, random_prompt(rng, n), 1)
-                samples.append(r["first"] - r["t0"])
-                await asyncio.sleep(0.05)
-            predicted = cost.prefill_time(n, chunk=chunk)
-            measured = statistics.median(samples)
-            out.append({"prompt_tokens": n, "measured_ms": 1e3 * measured, "predicted_ms": 1e3 * predicted,
-                        "ratio": measured / predicted, "samples_ms": [1e3 * x for x in samples]})
-            print(f"TTFT {n:>6} tokens: {1e3 * measured:8.2f} ms, predicted {1e3 * predicted:8.2f} ms, "
-                  f"ratio {measured / predicted:.3f}")
+    try:
+        async with _session() as s:
+            await stream_once(s, url, random_prompt(rng, 64), 1)  # warm the connections and the replica
+            await lean_once(random_prompt(rng, 64))
+            for n in lengths:
+                samples, via_aiohttp = [], []
+                for _ in range(repeats):
+                    samples.append(await lean_once(random_prompt(rng, n)))
+                    await asyncio.sleep(0.05)
+                    r = await stream_once(s, url, random_prompt(rng, n), 1)
+                    via_aiohttp.append(r["first"] - r["t0"])
+                    await asyncio.sleep(0.05)
+                predicted = cost.prefill_time(n, chunk=chunk)
+                measured = statistics.median(samples)
+                out.append({"prompt_tokens": n, "measured_ms": 1e3 * measured, "predicted_ms": 1e3 * predicted,
+                            "ratio": measured / predicted, "samples_ms": [1e3 * x for x in samples],
+                            "aiohttp_client_ms": 1e3 * statistics.median(via_aiohttp),
+                            "aiohttp_client_ratio": statistics.median(via_aiohttp) / predicted})
+                print(f"TTFT {n:>6} tokens: {1e3 * measured:8.2f} ms, predicted {1e3 * predicted:8.2f} ms, "
+                      f"ratio {measured / predicted:.3f} (through aiohttp's client: "
+                      f"{1e3 * statistics.median(via_aiohttp):.2f} ms, {statistics.median(via_aiohttp) / predicted:.3f})")
+    finally:
+        await lean.close()
     return out
 
 

@@ -7,7 +7,8 @@ it), so host work between steps and event-loop wake-up lateness are absorbed ins
 ``max_lag_s`` (50 ms); beyond that (the host cannot keep up) the clock resets to the wall clock and the lateness
 becomes real (counted in ``lag_resets``). The engine calls ``on_idle`` when it runs out of work, so an idle
 gap is never credited to the next step; the first step after idle starts at the arrival of its earliest
-request, but never earlier than ``overhead_s`` before the call (host work inside the modelled overhead).
+request: the server's own host work before it (body parsing, prompt hashing, scheduling) is the simulator's,
+not the simulated GPU's, so it is absorbed up to ``max_lag_s`` like any other lateness.
 
 Output: a request emits tokens of a fixed text corpus from a random offset; it ends with EOS after a
 log-normal number of tokens (mean ``sim_output_mean``), unless ``ignore_eos``. The engine stops it exactly
@@ -116,10 +117,10 @@ class SimRunner(ModelRunner):
         duration = self.cost.step_time(chunks)
         now = time.monotonic()
         if self._clock is None:
-            # From idle: the host work since the earliest arrival (parsing, hashing, scheduling) counts as part
-            # of the modelled per-step overhead, up to that overhead.
+            # From idle: the host work since the earliest arrival (parsing, hashing, scheduling) is absorbed
+            # within the lag bound; otherwise a long prompt's hashing would add to the simulated prefill.
             arrival = min(c.request.arrival_time for c in batch.chunks)
-            start = max(now - self.cost.overhead_s, min(now, arrival))
+            start = max(now - self.max_lag_s, min(now, arrival))
         elif now - self._clock > self.max_lag_s:
             self.lag_resets += 1
             start = now
