@@ -19,21 +19,26 @@ import pytest
 from tests.helpers.procs import ProcessManager, ProjectProcess, free_port
 
 
-def ensure_prometheus() -> str:
-    """The prometheus binary; installs Debian's package when it is absent and apt-get can run, else skips."""
-    found = shutil.which("prometheus")
+def ensure_debian_binary(binary: str, package: str) -> str:
+    """``binary``'s path; installs Debian's ``package`` when it is absent and apt-get can run, else skips."""
+    found = shutil.which(binary)
     if found:
         return found
     if shutil.which("apt-get") and os.geteuid() == 0:
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]
+        install = ["apt-get", "install", "-y", "--no-install-recommends", package]
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
             subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
             subprocess.run(install, capture_output=True, env=env, timeout=600)
-        found = shutil.which("prometheus")
+        found = shutil.which(binary)
         if found:
             return found
-    pytest.skip("prometheus is not installed and apt-get cannot install it here (apt-get install prometheus)")
+    pytest.skip(f"{binary} is not installed and apt-get cannot install it here (apt-get install {package})")
+
+
+def ensure_prometheus() -> str:
+    """The prometheus binary (Debian's package), installed when missing and possible, else the test skips."""
+    return ensure_debian_binary("prometheus", "prometheus")
 
 
 def start_prometheus(procs: ProcessManager, config_text: str, port: int | None = None,

@@ -15,7 +15,14 @@ from tests.helpers.procs import ProcessManager
 from tests.observability.cluster import Cluster, start_cluster
 from tests.observability.compose_local import compose_binary, resolved_model
 from tests.observability.otlp_receiver import OTLPReceiver
-from tests.observability.prometheus import ensure_prometheus, has_finite_value, query, targets_health, wait_until
+from tests.observability.prometheus import (
+    ensure_debian_binary,
+    ensure_prometheus,
+    has_finite_value,
+    query,
+    targets_health,
+    wait_until,
+)
 from tests.observability.traffic import fail_replicas, send_traffic
 
 pytestmark = [pytest.mark.slow,
@@ -31,6 +38,7 @@ def sim_services() -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, OTLPReceiver]]:
     ensure_prometheus()
+    ensure_debian_binary("nginx", "nginx")  # gateway-lb, the one published API port
     receiver = OTLPReceiver().start()
     procs = ProcessManager()
     try:
