@@ -97,7 +97,8 @@ def test_block_table_must_cover_the_step(runner: TorchRunner) -> None:
         runner.pack(StepBatch([ScheduledChunk(done, 1, True)]))
 
 
-async def test_execute_runs_in_a_worker_thread(runner: TorchRunner) -> None:
+async def _execute_watched(runner: TorchRunner, prompt_len: int) -> tuple[list[int], int]:
+    """Run one step of a ``prompt_len``-token prefill; the threads ``run_step`` ran on and the loop's ticks."""
     threads: list[int] = []
     original = runner.run_step
 
@@ -107,7 +108,7 @@ async def test_execute_runs_in_a_worker_thread(runner: TorchRunner) -> None:
 
     runner.run_step = spy  # type: ignore[method-assign]
     try:
-        req = _request("w", [5, 6, 7, 8], [3])
+        req = _request("w", list(range(5, 5 + prompt_len)), [3, 4, 5, 6][: -(-prompt_len // BS)])
         ticks = 0
 
         async def ticker() -> None:
@@ -117,13 +118,26 @@ async def test_execute_runs_in_a_worker_thread(runner: TorchRunner) -> None:
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(ticker())
-        out = await runner.execute(StepBatch([ScheduledChunk(req, 4, True)]))
+        out = await runner.execute(StepBatch([ScheduledChunk(req, prompt_len, True)]))
         task.cancel()
     finally:
         del runner.run_step
     assert isinstance(out[0], int)
+    return threads, ticks
+
+
+async def test_large_steps_run_in_a_worker_thread(runner: TorchRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "inline_max_tokens", 8)
+    threads, ticks = await _execute_watched(runner, 40)
     assert threads and threads[0] != threading.get_ident()
     assert ticks > 0  # the loop kept running while the step ran
+
+
+async def test_small_cpu_steps_run_on_the_loop_after_yielding(runner: TorchRunner) -> None:
+    assert runner.inline_max_tokens == 256  # CPU default: up to a full batch of decodes (max_num_seqs)
+    threads, ticks = await _execute_watched(runner, 4)
+    assert threads == [threading.get_ident()]
+    assert ticks >= 1  # it yielded once first, so handlers could send the previous step's tokens
 
 
 def test_kv_sizing_and_describe(tiny_model_dir: Path) -> None:
