@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tpot-streams", default="1,32,128", help="concurrent streams for TPOT on one replica")
     p.add_argument("--scale", default="16x128,16x192,16x256,20x160,24x192,32x256",
                    help="RxS configurations: R replicas sharing S streams")
-    p.add_argument("--repeats", type=int, default=5, help="TTFT repetitions per length (median)")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="TTFT repetitions per length (median; one TTFT varies by about 1 ms on a 2-core host)")
     p.add_argument("--output-tokens", type=int, default=128, help="forced output tokens per TPOT stream")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt tokens per TPOT stream")
     p.add_argument("--max-batched-tokens", type=int, default=8192, help="replica step token budget")
