@@ -4,16 +4,18 @@ Contract (beyond ``ModelRunner``): the model runs with our paged attention (``at
 "foresight_paged"``) and HF's own cache off; a step's tokens are packed as batch 1 (decodes first, longest
 context first, then multi-token chunks), with explicit position ids and no padding; logits are computed only
 for the rows that sample; sampling happens on the device. Steps never overlap. A step runs in one worker thread,
-so the event loop stays free, except a small step on the CPU (at most ``inline_max_tokens`` new tokens, i.e. a
-decode step): that one runs on the event loop after yielding once, because on a CPU the forward pass is Python
-that needs the GIL, and handing it to a thread only makes the two threads wait on each other (measured: ~25% more
-decode throughput on the tiny model). The KV pool is sized once, in ``kv_capacity_blocks``.
+so the event loop stays free, except a small and fast step on the CPU (at most ``inline_max_tokens`` new tokens,
+i.e. a decode step, while such steps take under ``inline_max_step_s``): that one runs on the event loop after
+yielding once, because on a CPU the forward pass is Python that needs the GIL, and handing it to a thread only
+makes the two threads wait on each other (measured: ~25% more decode throughput on the tiny model). Slow steps
+(a bigger model on a CPU) stay in the thread so that health probes and new requests are never held for long. The KV pool is sized once, in ``kv_capacity_blocks``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -68,7 +70,7 @@ class TorchRunner(ModelRunner):
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "auto", attention_kernel: str = "auto",
                  kv_blocks: int | None = None, kv_cache_memory: int | None = None,
                  gpu_memory_fraction: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256,
-                 inline_max_tokens: int | None = None) -> None:
+                 inline_max_tokens: int | None = None, inline_max_step_s: float = 0.02) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model_path = str(model_path)
@@ -91,6 +93,8 @@ class TorchRunner(ModelRunner):
         # On a GPU the loop must stay free while kernels run; a CPU decode step is short and GIL-bound.
         self.inline_max_tokens = (inline_max_tokens if inline_max_tokens is not None
                                   else (max_num_seqs if self.device.type == "cpu" else 0))
+        self.inline_max_step_s = inline_max_step_s
+        self.small_step_s: float | None = None  # moving average of small steps' durations (decides inline)
 
     @classmethod
     def from_config(cls, cfg: ReplicaConfig) -> TorchRunner:
@@ -239,11 +243,19 @@ class TorchRunner(ModelRunner):
         return self.run_step(self.pack(batch))
 
     async def execute(self, batch: StepBatch) -> list[int | None]:
-        if batch.num_tokens <= self.inline_max_tokens:
+        small = batch.num_tokens <= self.inline_max_tokens
+        if small and self.small_step_s is not None and self.small_step_s < self.inline_max_step_s:
             await asyncio.sleep(0)  # let the handlers send the previous step's tokens before the loop blocks
-            return self.run_step(self.pack(batch))
-        step = self.pack(batch)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_step, step)
+            t0 = time.perf_counter()
+            out = self.run_step(self.pack(batch))
+        else:
+            step = self.pack(batch)
+            t0 = time.perf_counter()
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, self.run_step, step)
+        if small:
+            took = time.perf_counter() - t0
+            self.small_step_s = took if self.small_step_s is None else 0.8 * self.small_step_s + 0.2 * took
+        return out
 
     def release(self, request_id: str) -> None:
         self.sampler.release(request_id)

@@ -133,11 +133,23 @@ async def test_large_steps_run_in_a_worker_thread(runner: TorchRunner, monkeypat
     assert ticks > 0  # the loop kept running while the step ran
 
 
-async def test_small_cpu_steps_run_on_the_loop_after_yielding(runner: TorchRunner) -> None:
+async def test_small_fast_cpu_steps_run_on_the_loop_after_yielding(runner: TorchRunner,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.inline_max_tokens == 256  # CPU default: up to a full batch of decodes (max_num_seqs)
+    monkeypatch.setattr(runner, "small_step_s", None)
+    threads, _ = await _execute_watched(runner, 4)
+    assert threads[0] != threading.get_ident()  # nothing measured yet: the thread, timing the step
+    assert runner.small_step_s is not None and runner.small_step_s < runner.inline_max_step_s
     threads, ticks = await _execute_watched(runner, 4)
-    assert threads == [threading.get_ident()]
+    assert threads == [threading.get_ident()]  # measured fast: on the loop
     assert ticks >= 1  # it yielded once first, so handlers could send the previous step's tokens
+
+
+async def test_slow_small_steps_keep_the_thread(runner: TorchRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bigger model on a CPU: decode steps of hundreds of ms must not hold health probes and new requests.
+    monkeypatch.setattr(runner, "small_step_s", 0.5)
+    threads, ticks = await _execute_watched(runner, 4)
+    assert threads[0] != threading.get_ident() and ticks > 0
 
 
 def test_kv_sizing_and_describe(tiny_model_dir: Path) -> None:
