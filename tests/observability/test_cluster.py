@@ -84,8 +84,13 @@ def test_traces_reach_the_compose_otlp_endpoint(cluster: tuple[Cluster, OTLPRece
     _, receiver = cluster
     ok = receiver.wait_for(lambda spans: {"foresight-gateway", "foresight-replica"} <= {s.service for s in spans}, 30)
     assert ok, sorted({(s.service, s.name) for s in receiver.spans})
-    gateway_traces = {s.trace_id for s in receiver.spans if s.service == "foresight-gateway"}
-    assert any(s.trace_id in gateway_traces for s in receiver.spans if s.service == "foresight-replica")
+
+    def joined(spans: list) -> bool:
+        # Each process exports in its own batches: a replica's span can arrive before its gateway parent's.
+        gateway_traces = {s.trace_id for s in spans if s.service == "foresight-gateway"}
+        return any(s.trace_id in gateway_traces for s in spans if s.service == "foresight-replica")
+
+    assert receiver.wait_for(joined, 30), sorted({(s.service, s.trace_id) for s in receiver.spans})
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
