@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 import time
 
 import orjson
@@ -106,6 +108,21 @@ class MockBackend:
         app.router.add_get("/health", self.health)
         app.router.add_get("/load", self.load)
         return app
+
+
+def start_mock_backends(n: int, env: dict[str, str], delay_ms: float = 0.0
+                        ) -> tuple[list[subprocess.Popen], list[str]]:
+    """``n`` mock backend processes on free ports (not yet waited for): their processes and URLs."""
+    from bench.procs import free_port
+
+    procs, urls = [], []
+    for _ in range(n):
+        port = free_port()
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.mock_backend", "--port", str(port),
+                                       "--delay-ms", str(delay_ms)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"http://127.0.0.1:{port}")
+    return procs, urls
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,9 @@ the backends (connections split over both, as the gateway splits requests), once
 req/s, p50/p99 latency and the ratio to direct; writes JSON and a PNG under ``bench/results/``.
 
 ``--external NAME=COMMAND`` (repeatable) measures a peer router in the same run, against the same backends: COMMAND
-is a template with ``{port}``, ``{aux_port}`` (a second free port, e.g. for a metrics listener), ``{replicas}``
-(comma-separated URLs) and ``{replicas_space}`` (space-separated), e.g. ``--external "sglang-router=sglang-router
-launch --host 127.0.0.1 --port {port} --prometheus-port {aux_port} --worker-urls {replicas_space}"``.
+is a template (``bench.procs.external_cmd``: ``{port}``, ``{aux_port}``, ``{replicas}``, ``{replicas_space}``),
+e.g. ``--external "sglang-router=sglang-router launch --host 127.0.0.1 --port {port} --prometheus-port {aux_port}
+--worker-urls {replicas_space}"``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import free_port, stop_processes, wait_http
+from bench.mock_backend import start_mock_backends
+from bench.procs import external_cmd, foresight_cmd, free_port, stop_processes, wait_http
 
 BODY = '{"model":"mock","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}'
 LUA = f"""wrk.method = "POST"
@@ -73,8 +72,7 @@ def _compare(direct: dict, via: dict) -> dict:
 
 def _start_external(template: str, backends: list[str], env: dict, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = shlex.split(template.format(port=port, aux_port=free_port(), replicas=",".join(backends),
-                                      replicas_space=" ".join(backends)))
+    cmd = external_cmd(template, port, backends)
     with log.open("wb") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -85,6 +83,12 @@ def _start_external(template: str, backends: list[str], env: dict, log: Path) ->
         tail = log.read_text(errors="replace")[-2000:]
         raise SystemExit(f"external router did not come up ({' '.join(cmd)}):\n{tail}") from None
     return proc, url
+
+
+def gateway_cmd(port: int, backends: list[str]) -> list[str]:
+    """A quiet round-robin gateway without the predictor in front of ``backends``: the proxy alone."""
+    return foresight_cmd("--log-level", "WARNING", "gateway", "--port", str(port), "--policy", "round_robin",
+                         "--predictor", "off", *(x for b in backends for x in ("--replica", b)))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -130,19 +134,11 @@ def run(args: argparse.Namespace) -> int:
     Path(script).write_text(LUA)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        backends = []
-        for _ in range(2):
-            port = free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "bench.mock_backend", "--port", str(port),
-                                           "--delay-ms", str(args.delay_ms)], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            backends.append(f"http://127.0.0.1:{port}")
+        backend_procs, backends = start_mock_backends(2, env, args.delay_ms)
+        procs += backend_procs
         gport = free_port()
-        cmd = [sys.executable, "-m", "foresight.cli", "--log-level", "WARNING", "gateway", "--port", str(gport),
-               "--policy", "round_robin", "--predictor", "off"]
-        for b in backends:
-            cmd += ["--replica", b]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(gateway_cmd(gport, backends), env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
         gateway = f"http://127.0.0.1:{gport}"
         for url in [*backends, gateway]:
             wait_http(url + "/health")

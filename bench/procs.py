@@ -31,6 +31,13 @@ def foresight_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "foresight.cli", *args]
 
 
+def external_cmd(template: str, port: int, replica_urls: Sequence[str]) -> list[str]:
+    """A peer router's command line from a template with ``{port}``, ``{aux_port}`` (a second free port, e.g. for
+    a metrics listener), ``{replicas}`` (comma-separated URLs) and ``{replicas_space}`` (space-separated)."""
+    return shlex.split(template.format(port=port, aux_port=free_port(), replicas=",".join(replica_urls),
+                                       replicas_space=" ".join(replica_urls)))
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     """Poll ``url`` until it answers 200, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
@@ -147,10 +154,8 @@ class Fleet:
         return p
 
     def external(self, name: str, template: str, replica_urls: Sequence[str]) -> Proc:
-        """An external router from a command template with ``{port}`` and ``{replicas}`` (comma-separated URLs)."""
+        """An external router from a command template (see ``external_cmd``)."""
         port = free_port()
-        cmd = shlex.split(template.format(port=port, replicas=",".join(replica_urls),
-                                          replicas_space=" ".join(replica_urls)))
-        p = self.start(name, cmd, port, health="/v1/models")
+        p = self.start(name, external_cmd(template, port, replica_urls), port, health="/v1/models")
         p.wait_healthy(timeout=120)
         return p

@@ -18,7 +18,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -85,7 +84,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.overhead import LUA, run_wrk
+    from bench.mock_backend import start_mock_backends
+    from bench.overhead import LUA, gateway_cmd, run_wrk
     from bench.procs import free_port, stop_processes, wait_http
     from bench.results import results_dir, write_json
 
@@ -99,21 +99,16 @@ def run(args: argparse.Namespace) -> int:
     base["PYTHONUNBUFFERED"] = "1"
     procs: list[subprocess.Popen] = []
     try:
-        backends = []
-        for _ in range(2):
-            port = free_port()
-            procs.append(subprocess.Popen([sys.executable, "-m", "bench.mock_backend", "--port", str(port)], env=base,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            backends.append(f"http://127.0.0.1:{port}")
+        backend_procs, backends = start_mock_backends(2, base)
+        procs += backend_procs
         gateways: dict[str, str] = {}
         for mode, extra in MODES.items():
             port = free_port()
             env = {**base, **extra}
             if extra:
                 env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.port}", OTEL_SERVICE_NAME=f"gw-{mode}")
-            cmd = [sys.executable, "-m", "foresight.cli", "--log-level", "WARNING", "gateway", "--port", str(port),
-                   "--policy", "round_robin", "--predictor", "off", *(x for b in backends for x in ("--replica", b))]
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(subprocess.Popen(gateway_cmd(port, backends), env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
             gateways[mode] = f"http://127.0.0.1:{port}"
         for url in [*backends, *gateways.values()]:
             wait_http(url + "/health")
