@@ -244,13 +244,14 @@ class TorchRunner(ModelRunner):
 
     async def execute(self, batch: StepBatch) -> list[int | None]:
         small = batch.num_tokens <= self.inline_max_tokens
-        if small and self.small_step_s is not None and self.small_step_s < self.inline_max_step_s:
+        inline = small and self.small_step_s is not None and self.small_step_s < self.inline_max_step_s
+        if inline:
             await asyncio.sleep(0)  # let the handlers send the previous step's tokens before the loop blocks
-            t0 = time.perf_counter()
-            out = self.run_step(self.pack(batch))
+        step = self.pack(batch)
+        t0 = time.perf_counter()
+        if inline:
+            out = self.run_step(step)
         else:
-            step = self.pack(batch)
-            t0 = time.perf_counter()
             out = await asyncio.get_running_loop().run_in_executor(self._executor, self.run_step, step)
         if small:
             took = time.perf_counter() - t0
