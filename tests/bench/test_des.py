@@ -98,7 +98,13 @@ def test_variants_and_goodput() -> None:
 @pytest.mark.slow
 def test_scale_command_writes_rows_and_goals(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "scale", "--fleets", "2,4",
+    # A Mooncake-format trace of its own, so that the test needs no shared data beside the checkout.
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": r.arrival_s * 1000.0, "input_length": r.input_length,
+                                         "output_length": r.output_length, "hash_ids": list(r.hash_ids or ())})
+                             + "\n" for r in conversations(groups=300, turns=4)))  # > the 1,000 warm-up requests
+    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "scale", "--trace", str(trace),
+                           "--fleets", "2,4",
                            "--policies", "round_robin,foresight", "--requests-per-replica", "3",
                            "--json", str(out), "--name", "test-scale"],
                           capture_output=True, text=True, timeout=240,
