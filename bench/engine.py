@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import time
@@ -58,9 +59,13 @@ async def _engine_run(engine: Any, prompts: list[list[int]], new_tokens: int) ->
     from replicas.engine.request import SamplingParams
 
     async def one(p: list[int]) -> list[int]:
+        # The streaming server's path: one reader per request takes every output that is ready.
+        rid = engine.add_request(p, SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True))
         toks: list[int] = []
-        async for out in engine.generate(p, SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)):
-            toks.extend(out.new_token_ids)
+        async with contextlib.aclosing(engine.stream_batches(rid)) as batches:
+            async for outs in batches:
+                for out in outs:
+                    toks.extend(out.new_token_ids)
         return toks
 
     t0 = time.perf_counter()

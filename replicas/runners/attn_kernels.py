@@ -5,7 +5,8 @@ for the packed step: ``query`` ``[1, heads, T, D]``, ``key``/``value`` ``[1, kv_
 tokens, already written to the cache), each request attending causally over its own context only.
 
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; decodes in one batched call per decode group
-  over their gathered blocks (padded, masked), each multi-token chunk in its own call. Works on CPU and CUDA.
+  over their gathered blocks (padded, masked), a run of equal-length fresh prompts in one batched causal call,
+  every other multi-token chunk in its own call. Works on CPU and CUDA.
 - ``flash_attn``: ``flash_attn_varlen_func`` over the packed queries and gathered packed contexts, one call per
   layer (CUDA, fp16/bf16, when the ``flash-attn`` package is installed). Its causal mask is bottom-right aligned,
   which is what a chunk with earlier context needs.
@@ -41,14 +42,31 @@ class SdpaKernel(AttentionKernel):
                scaling: float | None, window: int | None) -> torch.Tensor:
         meta, cache = step.meta, step.cache
         outs: list[torch.Tensor] = []
+        heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
         for g, group in enumerate(meta.decodes):
-            q = query[0, :, group.row_start:group.row_end, :].transpose(0, 1).unsqueeze(2)  # [rows, H, 1, D]
+            rows = group.row_end - group.row_start
+            # One query per row: fold each KV head's query heads into the query length ([rows, kv, H/kv, D]),
+            # an exact rewrite of GQA that spares SDPA its per-head broadcast of K and V.
+            q = query[0, :, group.row_start:group.row_end, :].transpose(0, 1).reshape(rows, kv_heads, -1, dim)
             k, v = cache.gather_blocks(layer, group.blocks)  # [rows, blocks * bs, kv, D]
             o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=meta.decode_mask(g, window), scale=scaling,
-                                               enable_gqa=True)
-            outs.append(o[:, :, 0, :])  # [rows, H, D]
-        for i, seg in enumerate(meta.prefills):
+                                               attn_mask=meta.decode_mask(g, window), scale=scaling)
+            outs.append(o.reshape(rows, heads, dim))
+        i = 0
+        while i < len(meta.prefills):
+            seg = meta.prefills[i]
+            run = meta.fresh_run(i, window)
+            if run > 1:  # equal-length prompts without earlier context: one batched causal call
+                end = seg.q_start + run * seg.q_len
+
+                def fold(t: torch.Tensor) -> torch.Tensor:  # [1, h, run * len, D] -> [run, h, len, D]
+                    return t[0, :, seg.q_start:end, :].unflatten(1, (run, seg.q_len)).transpose(0, 1)
+
+                o = F.scaled_dot_product_attention(fold(query), fold(key), fold(value), is_causal=True,
+                                                   scale=scaling, enable_gqa=True)
+                outs.append(o.transpose(1, 2).reshape(run * seg.q_len, heads, dim))
+                i += run
+                continue
             q = query[:, :, seg.q_start:seg.q_end, :]
             if seg.blocks is None:
                 k = key[:, :, seg.q_start:seg.q_end, :]
@@ -60,6 +78,7 @@ class SdpaKernel(AttentionKernel):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling,
                                                enable_gqa=True)
             outs.append(o[0].transpose(0, 1))  # [q_len, H, D]
+            i += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 

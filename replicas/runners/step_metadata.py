@@ -127,7 +127,13 @@ class StepMetadata:
         q = nd
         for s in spans[nd:]:
             table = s.block_ids
-            slots.extend(table[p // bs] * bs + p % bs for p in range(s.start, s.ctx_len))
+            p = s.start
+            while p < s.ctx_len:  # a block's worth of consecutive slots at a time
+                b, off = divmod(p, bs)
+                n = min(bs - off, s.ctx_len - p)
+                base = table[b] * bs + off
+                slots.extend(range(base, base + n))
+                p += n
             blocks = None
             if s.start > 0:
                 blocks = torch.tensor(table[:-(-s.ctx_len // bs)], dtype=torch.long, device=device)
@@ -173,6 +179,23 @@ class StepMetadata:
                 mask = self._additive((k_pos <= q_pos) & (k_pos > q_pos - window))
             self._masks[key] = mask
         return self._masks[key]
+
+    def fresh_run(self, index: int, window: int | None) -> int:
+        """How many prefills from ``index`` on can attend in one batched causal call: fresh prompts (no earlier
+        context) of the same length, for which plain ``is_causal`` is exact. 1 when prefill ``index`` is not one."""
+        key = ("fresh_runs", window)
+        runs = self.scratch.get(key)
+        if runs is None:
+            runs = [1] * len(self.prefills)
+            j = len(self.prefills) - 2
+            while j >= 0:
+                a, b = self.prefills[j], self.prefills[j + 1]
+                if (a.blocks is None and b.blocks is None and a.q_len == b.q_len
+                        and self.prefill_mask(j, window) is None):
+                    runs[j] = runs[j + 1] + 1
+                j -= 1
+            self.scratch[key] = runs
+        return runs[index]  # type: ignore[index]
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         # SDPA turns a bool mask into an additive one on every call; built once here, it serves every layer.

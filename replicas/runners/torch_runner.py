@@ -55,6 +55,11 @@ def _first(entry: tuple) -> int:
     return entry[0]
 
 
+def _chunk_order(entry: tuple) -> tuple[bool, int]:
+    span: SeqSpan = entry[3]
+    return span.start > 0, span.num_new
+
+
 def _token_slice(request: Request, start: int, end: int) -> list[int]:
     prompt, n = request.prompt_token_ids, request.num_prompt_tokens
     if start >= n:
@@ -190,8 +195,10 @@ class TorchRunner(ModelRunner):
                 raise ValueError(f"request {r.request_id}: block table {blocks} does not cover {end} tokens "
                                  f"in a pool of {num_blocks} blocks")
             (decodes if n == 1 else chunks).append((end, index, chunk, SeqSpan(start, n, blocks)))
-        # Decodes first, longest context first, so that decode groups pad little; then multi-token chunks.
+        # Decodes first, longest context first, so that decode groups pad little; then multi-token chunks,
+        # fresh prompts of equal length side by side (the attention kernel batches them).
         decodes.sort(key=_first, reverse=True)
+        chunks.sort(key=_chunk_order)
         step = PackedStep(num_chunks=len(batch.chunks))
         spans, token_ids, positions = step.spans, step.token_ids, step.positions
         for end, index, chunk, span in decodes:  # the common case, kept lean: one token each

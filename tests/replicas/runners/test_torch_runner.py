@@ -15,6 +15,7 @@ from replicas.config import ReplicaConfig  # noqa: E402
 from replicas.engine.request import Request, SamplingParams  # noqa: E402
 from replicas.runners.base import ScheduledChunk, StepBatch  # noqa: E402
 from replicas.runners.kv_cache import KVLayout  # noqa: E402
+from replicas.runners.step_metadata import StepMetadata  # noqa: E402
 from replicas.runners.torch_runner import TorchRunner  # noqa: E402
 
 BS = 16
@@ -68,6 +69,30 @@ def test_packed_mixed_step_matches_full_forward(runner: TorchRunner, hf_model) -
     # Step 1's greedy tokens were the argmax of the full forward too.
     with torch.inference_mode():
         assert hf_model(torch.tensor([prompts[1]])).logits[0, -1].argmax().item() == out[1]
+
+
+def test_equal_length_fresh_prompts_attend_in_one_batched_call(runner: TorchRunner, hf_model) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(5)
+    # Three fresh 24-token prompts (one batched causal call), given out of order between a 13-token prompt and a
+    # second chunk over cached context, neither of which may join the batch.
+    lens = {"p": 24, "q": 13, "r": 24, "s": 24}
+    reqs = {rid: _request(rid, torch.randint(3, 500, (n,), generator=g).tolist(), [20 + 2 * i, 21 + 2 * i])
+            for i, (rid, n) in enumerate(lens.items())}
+    t = _request("t", torch.randint(3, 500, (30,), generator=g).tolist(), [40, 41])
+    batch = StepBatch([ScheduledChunk(reqs["p"], 24, True), ScheduledChunk(reqs["q"], 13, True),
+                       ScheduledChunk(t, 14, True), ScheduledChunk(reqs["r"], 24, True),
+                       ScheduledChunk(reqs["s"], 24, True)])
+    runner.execute_sync(StepBatch([ScheduledChunk(t, 16, False)]))  # t's first 16 tokens into the cache
+    t.num_computed_tokens = 16
+    step = runner.pack(batch)
+    meta = StepMetadata.build(step.spans, 16, "cpu")
+    assert [meta.fresh_run(i, None) for i in range(len(meta.prefills))] == [1, 3, 2, 1, 1]
+    logits = runner.forward_logits(step)
+    by_request = dict(zip(step.request_ids, logits, strict=True))
+    with torch.inference_mode():
+        for req in [*reqs.values(), t]:
+            full = hf_model(torch.tensor([req.prompt_token_ids])).logits[0, -1]
+            torch.testing.assert_close(by_request[req.request_id], full, atol=2e-4, rtol=2e-4)
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
