@@ -42,7 +42,7 @@ from replicas.runners.base import ModelRunner
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     new_token_ids: list[int]
