@@ -25,7 +25,7 @@ class RequestStatus(enum.Enum):
         return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED)
 
 
-@dataclass
+@dataclass(slots=True)
 class SamplingParams:
     """What the client asked for. ``top_k <= 0`` and ``top_p >= 1`` mean off; ``temperature == 0`` is greedy."""
 
@@ -45,7 +45,7 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     request_id: str
     prompt_token_ids: list[int]

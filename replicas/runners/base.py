@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from replicas.engine.request import Request
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledChunk:
     """One request's share of a step.
 
