@@ -7,8 +7,9 @@ lifetimes; ``build_app`` wires them into an aiohttp application whose startup/cl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import uuid
+import os
 
 import aiohttp
 import orjson
@@ -53,9 +54,22 @@ def make_policy(cfg: GatewayConfig, ctx: PolicyContext) -> tuple[str, RoutingPol
         return "least_load", create_policy("least_load", ctx)
 
 
+class RequestIds:
+    """Unique request ids (32 hex digits) without a system call each: a random 64-bit prefix per process, then a
+    counter. ``uuid.uuid4()`` reads the OS random source on every call (~2% of the gateway's CPU per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count().__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():016x}"
+
+
 class Gateway:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
+        self.new_request_id = RequestIds()
         self.metrics = GatewayMetrics()
         self.store = create_store(cfg.redis, cfg.key_prefix)
         self.registry = Registry(self._replica_changed, lambda: CircuitBreaker(
@@ -159,7 +173,7 @@ class Gateway:
             prompt_tokens = estimate_tokens(prompt_text)
             est = self.estimator.estimate(model, body, prompt_text, prompt_tokens)
             max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-            rv = RequestView(request.headers.get("X-Request-Id") or uuid.uuid4().hex, model, route, prompt_text,
+            rv = RequestView(request.headers.get("X-Request-Id") or self.new_request_id(), model, route, prompt_text,
                              body, request.headers.get("X-Session-Id"), prompt_tokens, est.p50, est.p90,
                              max_tokens)
             proxy = self.proxy

@@ -59,6 +59,7 @@ class HistoryEstimator:
         self.window = window
         self.prior = (prior_p50, prior_p90)
         self._seen: dict[str, deque[int]] = {}
+        self._count: dict[str, int] = {}
         self._cache: dict[str, tuple[float, float]] = {}
 
     def estimate(self, model: str, body: Mapping[str, Any], prompt_text: str, prompt_tokens: int) -> OutputEstimate:
@@ -72,8 +73,10 @@ class HistoryEstimator:
                 output_tokens: int) -> None:
         seen = self._seen.setdefault(model, deque(maxlen=self.window))
         seen.append(int(output_tokens))
-        # Re-sorting is O(window log window); amortise it over a few observations.
-        if len(seen) < 16 or len(seen) % 8 == 0:
+        n = self._count[model] = self._count.get(model, 0) + 1
+        # Re-sorting is O(window log window); amortise it over a few observations. (Counted by observations,
+        # not by the window's length: that stops growing once the window is full.)
+        if n < 16 or n % 8 == 0:
             ordered = sorted(seen)
             self._cache[model] = (_quantile(ordered, 0.5), _quantile(ordered, 0.9))
 

@@ -211,6 +211,27 @@ def test_history_estimator_learns_and_caps() -> None:
     assert load_estimator("/nonexistent/predictor.json.gz") is not None
 
 
+def test_history_estimator_sorts_every_few_observations_once_its_window_is_full(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.estimator as estimator_module
+
+    sorts = []
+
+    def counting_sorted(values):  # noqa: ANN001, ANN202
+        sorts.append(1)
+        return sorted(values)
+
+    monkeypatch.setattr(estimator_module, "sorted", counting_sorted, raising=False)
+    est = HistoryEstimator(window=32)
+    for _ in range(64):
+        est.observe("m", {}, "", 1, 10)
+    sorts.clear()
+    for _ in range(400):  # the window stays full: re-sort every 8th observation, not every one
+        est.observe("m", {}, "", 1, 500)
+    assert len(sorts) == 50
+    assert est.estimate("m", {}, "", 1).p50 == 500
+
+
 def test_render_includes_every_message_and_role() -> None:
     body = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": [
         {"type": "text", "text": "A"}, {"type": "image_url", "image_url": {}}]}]}
@@ -227,3 +248,12 @@ def test_round_robin_spreads_evenly() -> None:
     rv = RequestView("i", "m", "chat", "", {}, None, 1, 1.0, 1.0)
     c = Counter(p.rank(rv, views(3)).ranked[0] for _ in range(30))
     assert set(c.values()) == {10}
+
+
+def test_request_ids_are_unique_and_differ_between_processes() -> None:
+    from gateway.app import RequestIds
+
+    ids, other = RequestIds(), RequestIds()
+    seen = {ids() for _ in range(10_000)}
+    assert len(seen) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in seen)
+    assert other() not in seen  # another gateway (process) draws another random prefix
