@@ -18,6 +18,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 from urllib.parse import urlsplit
 
 
@@ -131,6 +132,11 @@ class _Conn(asyncio.Protocol):
         self.fut.set_result((self.status, self.headers, bytes(self.body)))
 
 
+def _expire(fut: asyncio.Future, seconds: float) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError(f"no complete upstream response within {seconds:g}s"))
+
+
 class UpstreamClient:
     """Keep-alive pools per upstream ``host:port``; see the module docstring."""
 
@@ -139,6 +145,7 @@ class UpstreamClient:
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # a handful of replica URLs, parsed once each instead of per request
     def address(url: str) -> tuple[str, int, bool]:
         """(host, port, tls) of an upstream base URL."""
         parts = urlsplit(url)
@@ -171,16 +178,19 @@ class UpstreamClient:
         head.extend(f"{k}: {v}\r\n" for k, v in headers.items())
         head.append("\r\n")
         conn._reset()
-        conn.fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = conn.fut = loop.create_future()
         assert conn.transport is not None
         conn.transport.write("".join(head).encode("utf-8", "surrogateescape") + body)
+        # A timer that fails the future, cheaper than an ``asyncio.timeout`` scope per request.
+        timer = loop.call_later(read_timeout, _expire, fut, read_timeout)
         ok = False
         try:
-            async with asyncio.timeout(read_timeout):
-                result = await conn.fut
+            result = await fut
             ok = True
             return result
         finally:
+            timer.cancel()
             conn.fut = None
             if ok and conn.keep_alive and not conn.closed and not conn.buf and len(idle) < self.max_idle:
                 idle.append(conn)
