@@ -158,8 +158,11 @@ def make_middleware(cfg: HardeningConfig, watch: IdleWatch) -> Callable[[web.Req
                 request = request.clone(headers=clean)  # before the body is read: aiohttp clones only then
             if request.method == "POST" and request.body_exists:
                 try:
-                    async with asyncio.timeout(cfg.body_timeout):  # no extra task, unlike wait_for
-                        await request.read()  # cached: the handler's read() returns these bytes
+                    if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+                        await request.read()
+                    else:
+                        async with asyncio.timeout(cfg.body_timeout):  # no extra task, unlike wait_for
+                            await request.read()  # cached: the handler's read() returns these bytes
                 except TimeoutError:
                     raise APIError(408, f"request body not received within {cfg.body_timeout:g}s",
                                    code="body_timeout") from None
