@@ -8,9 +8,10 @@ stops generation (``eos_token_id=None``), like ``ignore_eos`` on our side.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where used: `foresight` registers every bench module, and the gateway must not load torch
+    import torch
 
 
 def load(model_dir: str, dtype: torch.dtype, device: str) -> Any:
@@ -26,6 +27,8 @@ def _generate(model: Any, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int
 
 def one_at_a_time(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[list[list[int]], float]:
     """``model.generate`` on each prompt alone, one after the other."""
+    import torch
+
     dev = model.device
     outs = []
     with torch.inference_mode():
@@ -39,6 +42,8 @@ def one_at_a_time(model: Any, prompts: list[list[int]], new_tokens: int) -> tupl
 
 def static_batch(model: Any, prompts: list[list[int]], new_tokens: int) -> tuple[list[list[int]], float]:
     """One ``model.generate`` call over all prompts, left-padded to the longest."""
+    import torch
+
     dev = model.device
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=dev)

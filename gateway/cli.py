@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 
+from foresight.gc_tuning import freeze_startup_objects
 from gateway import reliability
 from gateway.config import GatewayConfig
 from gateway.routing.base import DEFAULT_POLICY, POLICIES, parse_options
@@ -86,6 +87,7 @@ async def serve(cfg: GatewayConfig) -> None:
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, backlog=1024, reuse_address=True)
     await site.start()
+    freeze_startup_objects()
     log.info("foresight gateway listening on http://%s:%d", cfg.host, cfg.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 
+from foresight.gc_tuning import freeze_startup_objects
 from foresight.hashing import DEFAULT_BLOCK_SIZE, DEFAULT_HASH_SEED
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ async def serve(cfg, ready: asyncio.Event | None = None) -> None:  # cfg: Replic
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    freeze_startup_objects()  # the model, tokenizer and torch: never garbage, never worth a full GC pass
     if ready is not None:
         ready.set()
     try:
