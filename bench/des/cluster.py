@@ -1,8 +1,10 @@
 """The discrete-event loop: gateways (real policies, accounting, estimators) in front of ``SimReplica``s.
 
-Events on one virtual clock: request arrivals, replica step ends, and a periodic tick (every ``report_interval``)
-at which replicas' load reports reach the gateways and gateways exchange their in-flight counts and approximate
-index deltas (as ``StateSync`` and ``SharedApproxIndex`` do through the store, once per ~100 ms). Precise-mode
+Events on one virtual clock: request arrivals, replica step ends, a periodic tick (every ``report_interval``)
+at which replicas' load reports reach the gateways, and with several gateways a sync (every ``sync_interval``) at
+which they exchange in-flight counts (as ``StateSync`` does through the store) and a share (every
+``share_interval``) that delivers approximate-index deltas (``SharedApproxIndex`` publishes within ~5 ms of a
+decision). Precise-mode
 indexes receive each step's KV events as numbered batches. Decision time is measured around ``policy.rank`` twice: wall clock, and this thread's CPU time (immune to the OS
 preempting the process on a shared machine).
 """
@@ -36,7 +38,11 @@ class SimConfig:
     profile: str = "h100-llama8b"
     options: dict[str, str] = field(default_factory=dict)
     gateways: int = 1
-    report_interval: float = 0.1
+    report_interval: float = 0.1  # replicas' load reports reach the gateways (their probes of /load)
+    sync_interval: float = 0.1  # gateways exchange in-flight counts (StateSync, the gateway's --sync-interval)
+    # Approximate-index deltas reach peer gateways this long after a decision at most: the publisher's
+    # coalescing delay (5 ms) plus a pub/sub hop, rounded up (SharedApproxIndex).
+    share_interval: float = 0.02
     estimator: str = "history"  # history (the gateway's fallback) | predictor (the learned one) | oracle
     drain_s: float = 900.0  # after the last arrival, unfinished requests count as failed
     kv_blocks: int | None = None
@@ -206,6 +212,9 @@ class Cluster:
         for views in self.views:
             for v, rep in zip(views, reports, strict=True):
                 v.load = rep
+
+    def _sync(self) -> None:
+        """Every gateway reads the others' in-flight counts (one StateSync round)."""
         if self.cfg.gateways > 1:
             for g, views in enumerate(self.views):
                 for i, v in enumerate(views):
@@ -214,6 +223,10 @@ class Cluster:
                         if h != g:
                             remote.add(self.views[h][i].local)
                     v.remote = remote
+
+    def _share(self) -> None:
+        """Deliver every gateway's queued approximate-index deltas to the others (one pub/sub round)."""
+        if self.cfg.gateways > 1:
             messages = []
             for p in self.policies:
                 shared = getattr(getattr(p, "matcher", None), "shared", None)
@@ -233,6 +246,9 @@ class Cluster:
         pending = len(reqs)
         end = (reqs[-1].arrival_s if reqs else 0.0) + self.cfg.drain_s
         self.push(0.0, "tick", None)
+        if self.cfg.gateways > 1:
+            self.push(0.0, "sync", None)
+            self.push(0.0, "share", None)
         t = 0.0
         while self.heap:
             t, _, kind, data = heapq.heappop(self.heap)
@@ -243,6 +259,14 @@ class Cluster:
                 self._arrive(t, data)
             elif kind == "step":
                 self._step_end(t, data)
+            elif kind == "sync":
+                self._sync()
+                if pending or self.live:
+                    self.push(t + self.cfg.sync_interval, "sync", None)
+            elif kind == "share":
+                self._share()
+                if pending or self.live:
+                    self.push(t + self.cfg.share_interval, "share", None)
             else:
                 self._tick(t)
                 if pending or self.live:

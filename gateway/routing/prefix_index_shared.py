@@ -1,11 +1,13 @@
 """Sharing the approximate prefix index between gateways through the state store (DESIGN.md sections 1, 2).
 
 Each gateway records its own routing decisions locally at once (``record``) and queues them as deltas; a background
-task publishes the queued deltas every ``interval`` seconds on one pub/sub channel, and a second task applies the
-other gateways' deltas to the local index. Nothing on a request's path awaits the store; when the store is down the
-deltas of that period are dropped (the index is approximate: a miss costs a cache hit, never correctness) and the
-tasks retry with backoff. Two gateways that route the same prefix therefore converge on the same replica within
-about one interval.
+task wakes on the first queued delta, waits ``flush_delay`` (5 ms) so that a burst goes out as one message, and
+publishes on one pub/sub channel; a second task applies the other gateways' deltas to the local index. Nothing on a
+request's path awaits the store; when the store is down the deltas of that period are dropped (the index is
+approximate: a miss costs a cache hit, never correctness) and the tasks retry with backoff (from ``interval``). Two
+gateways that route the same prefix therefore converge on the same replica within a few milliseconds: a periodic
+publish (every 100 ms, the state sync's pace) let a second gateway send a follow-up turn elsewhere in that window,
+which in the 4-gateway simulation of the Mooncake trace cost a fifth of the prefix hits.
 
 Wire format (orjson): ``{"gw": gateway_id, "d": [[replica_id, [chunk_hash, ...]], ...]}``.
 """
@@ -32,13 +34,15 @@ class SharedApproxIndex:
     """A ``PrefixIndex`` whose inserts are exchanged with peer gateways (see module docstring)."""
 
     def __init__(self, index: PrefixIndex, store: StateStore | None, gateway_id: str,
-                 interval: float = 0.1, channel: str = CHANNEL) -> None:
+                 interval: float = 0.1, channel: str = CHANNEL, flush_delay: float = 0.005) -> None:
         self.index = index
         self.store = store
         self.gateway_id = gateway_id
         self.interval = interval
+        self.flush_delay = flush_delay
         self.channel = channel
         self.pending: list[tuple[str, list[int]]] = []
+        self._queued = asyncio.Event()
         self.applied_remote = 0
         self.published = 0
         self._tasks: list[asyncio.Task] = []
@@ -51,6 +55,7 @@ class SharedApproxIndex:
             self.pending.append((replica, list(hashes)))
             if len(self.pending) > MAX_PENDING:
                 del self.pending[: len(self.pending) - MAX_PENDING]
+            self._queued.set()
 
     def apply(self, message: bytes) -> bool:
         """Apply one peer message; False when it is this gateway's own or malformed."""
@@ -77,12 +82,15 @@ class SharedApproxIndex:
     async def _publisher(self) -> None:
         backoff = self.interval
         while True:
-            await asyncio.sleep(backoff)
+            await self._queued.wait()
+            await asyncio.sleep(self.flush_delay)  # what else is routed meanwhile goes in the same message
+            self._queued.clear()
             try:
                 await self.flush()
                 backoff = self.interval
             except StoreUnavailable as e:
                 log.debug("prefix index: publish failed (%s)", e)
+                await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
 
     async def _subscriber(self) -> None:

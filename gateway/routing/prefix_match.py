@@ -11,7 +11,8 @@
 
 ``match`` returns, per candidate replica, the fraction of the prompt it holds (0..1); policies turn it into tokens.
 Options (``--policy-opt``): ``prefix_mode``, ``chunk_chars`` (128), ``index_capacity`` (chunks per replica before
-a load report says better, 65536), ``share_interval`` (s, 0.1), ``tokenizer``.
+a load report says better, 65536), ``share_delay`` (s, 0.005: how long a shared-index delta waits to be batched),
+``share_interval`` (s, 0.1: the first retry backoff when the store fails), ``tokenizer``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class PrefixMatcher:
         if self.mode == "approx":
             self.index = PrefixIndex(default_capacity=int(opts.get("index_capacity", 65536)))
             self.shared = SharedApproxIndex(self.index, ctx.store, ctx.gateway_id,
-                                            interval=float(opts.get("share_interval", 0.1)))
+                                            interval=float(opts.get("share_interval", 0.1)),
+                                            flush_delay=float(opts.get("share_delay", 0.005)))
             self.precise = None
         else:
             from gateway.routing.kv_events_consumer import KVEventsConsumer

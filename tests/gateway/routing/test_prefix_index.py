@@ -120,3 +120,37 @@ def test_binary_search_match_equals_the_walk_on_prefix_closed_chains() -> None:
     assert fast.evictions > 0
     for chain in chains:
         assert fast.match(chain) == slow.match(chain)
+
+
+async def test_shared_index_publishes_a_burst_of_decisions_as_one_message() -> None:
+    import asyncio
+
+    from gateway.routing.prefix_index_shared import SharedApproxIndex
+    from gateway.state.memory import MemoryStore
+
+    store = MemoryStore()
+    messages: list[bytes] = []
+    publish = store.publish
+
+    async def counted(channel: str, message: bytes) -> None:
+        messages.append(message)
+        await publish(channel, message)
+
+    store.publish = counted  # type: ignore[method-assign]
+    # A long retry interval: the deltas must go out because they were queued, not on a periodic tick.
+    a = SharedApproxIndex(PrefixIndex(), store, "a", interval=30.0, flush_delay=0.01)
+    b = SharedApproxIndex(PrefixIndex(), store, "b", interval=30.0)
+    await a.start()
+    await b.start()
+    try:
+        for i in range(3):
+            a.record(f"r{i}", [100 + i, 200 + i])
+        for _ in range(500):
+            if b.applied_remote == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert b.applied_remote == 3 and a.published == 3 and len(messages) == 1
+        assert b.index.match([101, 201]).get("r1") == 2  # the delta landed in the peer's index
+    finally:
+        await a.close()
+        await b.close()

@@ -81,17 +81,20 @@ def test_new_prefixes_spread_by_load() -> None:
 
 async def test_two_gateways_share_the_index_through_redis(redis_url: str) -> None:
     stores = [RedisStore(redis_url), RedisStore(redis_url)]
-    policies = [create_policy("prefix", PolicyContext(f"gw{i}", store=s, options={"share_interval": "0.02"}))
-                for i, s in enumerate(stores)]
+    # The default sharing: a delta leaves ~5 ms after the decision, not on a periodic tick.
+    policies = [create_policy("prefix", PolicyContext(f"gw{i}", store=s)) for i, s in enumerate(stores)]
     for p in policies:
         await p.start()
     try:
         replicas = views(0, 0, 0, 0)
         first = route(policies[0], req(SYSTEM + "turn one"), replicas)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
+        t0 = loop.time()
+        deadline = t0 + 10
         while policies[1].matcher.shared.applied_remote == 0 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.002)
+        assert policies[1].matcher.shared.applied_remote > 0
+        assert policies[0].matcher.shared.published == 1
         # Gateway 1 never routed this prefix, yet sends the follow-up where gateway 0 sent the first turn.
         decision = policies[1].rank(req(SYSTEM + "turn two"), replicas)
         assert decision.ranked[0] == first and decision.explanation[first]["match"] > 0.9
