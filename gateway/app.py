@@ -86,7 +86,8 @@ class Gateway:
         self.health: HealthChecker | None = None
         self.sync = StateSync(self.store, self.registry, cfg.gateway_id, interval=cfg.sync_interval,
                               ttl=cfg.state_ttl, auth=self.auth, limiter=self.limiter,
-                              on_capacity=self.admission.poke)
+                              on_capacity=self.admission.poke,
+                              push_interval=(cfg.inflight_push_interval or None) if cfg.redis else None)
         for url in cfg.replicas:
             self.registry.add(url)
 

@@ -48,6 +48,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     a("--breaker-threshold", type=int, default=D.breaker_threshold, help="consecutive failures that eject")
     a("--breaker-backoff", type=float, default=D.breaker_backoff, help="first ejection time, doubles")
     a("--sync-interval", type=float, default=D.sync_interval, help="seconds between shared-state syncs")
+    a("--inflight-push-interval", type=float, default=D.inflight_push_interval,
+      help="with --redis: seconds between checks that push this gateway's in-flight counts to peers on change "
+           "(0: peers see them at the next sync only)")
     a("--block-size", type=int, default=D.block_size, help="prefix block size in tokens (DESIGN.md 2)")
     a("--hash-seed", default=D.hash_seed, help="block hash seed (same on gateway and replicas)")
     a("--sticky-epsilon", type=float, default=D.sticky_epsilon, help="sticky sessions' load bound (1+eps)")
@@ -67,7 +70,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         queue_timeout=args.queue_timeout, max_attempts=args.max_attempts, retry_deadline=args.retry_deadline,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout, probe_interval=args.probe_interval,
         probe_timeout=args.probe_timeout, load_ttl=args.load_ttl, breaker_threshold=args.breaker_threshold,
-        breaker_backoff=args.breaker_backoff, sync_interval=args.sync_interval, block_size=args.block_size,
+        breaker_backoff=args.breaker_backoff, sync_interval=args.sync_interval,
+        inflight_push_interval=args.inflight_push_interval, block_size=args.block_size,
         hash_seed=args.hash_seed, sticky_epsilon=args.sticky_epsilon, access_log=args.access_log,
     )
     if args.gateway_id:

@@ -45,6 +45,7 @@ class GatewayConfig:
     breaker_max_backoff: float = 30.0
     # Shared state
     sync_interval: float = 0.1
+    inflight_push_interval: float = 0.01  # with Redis: push own in-flight counts on change (0: poll only)
     state_ttl: float = 2.0
     # Routing
     block_size: int = DEFAULT_BLOCK_SIZE

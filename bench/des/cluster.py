@@ -2,7 +2,7 @@
 
 Events on one virtual clock: request arrivals, replica step ends, a periodic tick (every ``report_interval``)
 at which replicas' load reports reach the gateways, and with several gateways a sync (every ``sync_interval``) at
-which they exchange in-flight counts (as ``StateSync`` does through the store) and a share (every
+which they see each other's in-flight counts (as ``PeerInflight`` pushes them through the store) and a share (every
 ``share_interval``) that delivers approximate-index deltas (``SharedApproxIndex`` publishes within ~5 ms of a
 decision). Precise-mode
 indexes receive each step's KV events as numbered batches. Decision time is measured around ``policy.rank`` twice: wall clock, and this thread's CPU time (immune to the OS
@@ -39,7 +39,9 @@ class SimConfig:
     options: dict[str, str] = field(default_factory=dict)
     gateways: int = 1
     report_interval: float = 0.1  # replicas' load reports reach the gateways (their probes of /load)
-    sync_interval: float = 0.1  # gateways exchange in-flight counts (StateSync, the gateway's --sync-interval)
+    # Gateways see each other's in-flight counts: pushed on change (checked every 10 ms, PeerInflight) plus a
+    # pub/sub hop, rounded up; 0.1 would model the polled StateSync alone (--inflight-push-interval 0).
+    sync_interval: float = 0.02
     # Approximate-index deltas reach peer gateways this long after a decision at most: the publisher's
     # coalescing delay (5 ms) plus a pub/sub hop, rounded up (SharedApproxIndex).
     share_interval: float = 0.02

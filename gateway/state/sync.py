@@ -1,7 +1,8 @@
 """The background link between one gateway and the shared store (DESIGN.md sections 1 and 4).
 
 Every ``interval`` (~100 ms) it publishes this gateway's per-replica in-flight accounting with a TTL, reads every
-other gateway's and stores the sum in each replica's ``view.remote``, takes fresh replica load reports, and
+other gateway's and stores the sum in each replica's ``view.remote`` (with ``push_interval``, peers' counts also
+arrive by pub/sub between polls: ``peer_inflight.py``), takes fresh replica load reports, and
 (less often) picks up self-registered replicas, API keys and rate-limit consumption. The request path only reads
 what this task last wrote. When the store fails, the task logs once, clears the remote view after ``remote_ttl``
 (stale numbers from a partitioned store are worse than none) and keeps trying; it catches up when the store returns.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gateway.auth import Auth, parse_store_keys
 from gateway.ratelimit import RateLimiter
@@ -20,6 +21,7 @@ from gateway.registry import Registry
 from gateway.routing.base import InflightCounts
 from gateway.state import keys
 from gateway.state.base import StateStore, StoreUnavailable
+from gateway.state.peer_inflight import PeerInflight
 from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,8 @@ log = logging.getLogger(__name__)
 class StateSync:
     def __init__(self, store: StateStore, registry: Registry, gateway_id: str, *, interval: float = 0.1,
                  ttl: float = 2.0, slow_every: int = 10, auth: Auth | None = None,
-                 limiter: RateLimiter | None = None, on_capacity: Callable[[], None] | None = None) -> None:
+                 limiter: RateLimiter | None = None, on_capacity: Callable[[], None] | None = None,
+                 push_interval: float | None = None) -> None:
         self.store = store
         self.registry = registry
         self.gateway_id = gateway_id
@@ -43,13 +46,23 @@ class StateSync:
         self.remote: dict[str, InflightCounts] = {}
         self._task: asyncio.Task[None] | None = None
         self._tick = 0
+        # Between polls, peers' counts also arrive by push (several gateways; see peer_inflight.py).
+        self.peers = PeerInflight(store, gateway_id, self._own, self._apply_remote,
+                                  interval=push_interval) if push_interval else None
+
+    def _own(self) -> Iterator[tuple[str, InflightCounts]]:
+        return ((r.id, r.local) for r in self.registry)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="state-sync")
+        if self.peers is not None:
+            self.peers.start()
 
     async def close(self) -> None:
         await stop_task(self._task)
         self._task = None
+        if self.peers is not None:
+            await self.peers.close()
 
     async def _run(self) -> None:
         while True:
@@ -78,12 +91,15 @@ class StateSync:
         own = {r.id: r.local for r in self.registry}
         await self.store.put_inflight(self.gateway_id, own, self.ttl)
         everyone = await self.store.get_inflight()
-        remote: dict[str, InflightCounts] = {}
-        for gw, per_replica in everyone.items():
-            if gw == self.gateway_id:
-                continue
-            for rid, counts in per_replica.items():
-                remote.setdefault(rid, InflightCounts()).add(counts)
+        if self.peers is not None:
+            remote = self.peers.merge_polled(everyone)
+        else:
+            remote = {}
+            for gw, per_replica in everyone.items():
+                if gw == self.gateway_id:
+                    continue
+                for rid, counts in per_replica.items():
+                    remote.setdefault(rid, InflightCounts()).add(counts)
         self._apply_remote(remote)
         reports = await self.store.get_load_reports()
         if reports:
