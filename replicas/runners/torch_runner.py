@@ -227,11 +227,14 @@ class TorchRunner(ModelRunner):
         assert self.cache is not None and self.kernel is not None
         dev = self.device
         meta = StepMetadata.build(step.spans, self.cache.layout.block_size, dev, self.dtype)
+        # Every row samples (a decode step): transformers' 0 means all rows, with no index tensor to build and apply.
+        keep: int | torch.Tensor = (0 if len(step.keep_rows) == len(step.token_ids)
+                                    else torch.tensor(step.keep_rows, dtype=torch.long, device=dev))
         with torch.inference_mode():
             out = self.model(
                 input_ids=torch.tensor(step.token_ids, dtype=torch.long, device=dev)[None],
                 position_ids=torch.tensor(step.positions, dtype=torch.long, device=dev)[None],
-                logits_to_keep=torch.tensor(step.keep_rows, dtype=torch.long, device=dev),
+                logits_to_keep=keep,
                 use_cache=False, **{STEP_KWARG: PagedStep(meta, self.cache, self.kernel)},
             )
         return out.logits[0]
