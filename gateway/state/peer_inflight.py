@@ -85,10 +85,12 @@ class PeerInflight:
         return True
 
     def merge_polled(self, everyone: dict[str, Counts]) -> Counts:
-        """Fold in the polled sync's view of every live gateway (fresher pushed views win); gateways absent from it
-        have expired and are dropped. Returns the summed remote counts."""
+        """Fold in the polled sync's view of every live gateway (fresher pushed views win); a gateway neither in the
+        poll nor heard from within ``fresh_for`` has expired and is dropped. Returns the summed remote counts."""
         now = time.monotonic()
-        views: dict[str, tuple[float, Counts]] = {}
+        # A gateway that just started pushes before its first polled entry exists: keep it while it is fresh.
+        views: dict[str, tuple[float, Counts]] = {gw: v for gw, v in self.views.items()
+                                                 if gw in self.pushed and now - v[0] < self.fresh_for}
         for gw, counts in everyone.items():
             if gw == self.gateway_id:
                 continue
