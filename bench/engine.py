@@ -27,8 +27,8 @@ import contextlib
 import random
 import statistics
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 GOALS = {"vs_continuous_batching": 1.5, "vs_static_batch": 0.8, "ttft_cached_ratio": 0.25}
@@ -174,7 +174,6 @@ def bench_model(args: argparse.Namespace, name: str) -> dict[str, Any]:
         seconds[key] = secs
         rates[key] = n * args.output_tokens / secs
         agreement[key] = sum(o == ours["outputs"][i] for i, o in enumerate(outs)) / len(outs)
-    del model
     ratios = {"vs_continuous_batching": rates["ours"] / rates["cb"] if "cb" in rates else None,
               "vs_static_batch": rates["ours"] / rates["static"] if "static" in rates else None,
               "vs_one_at_a_time": rates["ours"] / rates["sequential"] if "sequential" in rates else None,

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from replicas.runners.paged_attention import PagedStep
 
 
+def _fold_run(t: torch.Tensor, start: int, run: int, length: int) -> torch.Tensor:
+    """Packed rows ``[start, start + run * length)`` of ``t`` ``[1, h, T, D]`` as a batch ``[run, h, length, D]``."""
+    return t[0, :, start:start + run * length, :].unflatten(1, (run, length)).transpose(0, 1)
+
+
 class AttentionKernel(ABC):
     name: str = "base"
 
@@ -57,13 +62,8 @@ class SdpaKernel(AttentionKernel):
             seg = meta.prefills[i]
             run = meta.fresh_run(i, window)
             if run > 1:  # equal-length prompts without earlier context: one batched causal call
-                end = seg.q_start + run * seg.q_len
-
-                def fold(t: torch.Tensor) -> torch.Tensor:  # [1, h, run * len, D] -> [run, h, len, D]
-                    return t[0, :, seg.q_start:end, :].unflatten(1, (run, seg.q_len)).transpose(0, 1)
-
-                o = F.scaled_dot_product_attention(fold(query), fold(key), fold(value), is_causal=True,
-                                                   scale=scaling, enable_gqa=True)
+                q, k, v = (_fold_run(t, seg.q_start, run, seg.q_len) for t in (query, key, value))
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
                 outs.append(o.transpose(1, 2).reshape(run * seg.q_len, heads, dim))
                 i += run
                 continue
