@@ -44,6 +44,7 @@ class PeerInflight:
         self.views: dict[str, tuple[float, Counts]] = {}  # gateway -> (monotonic time received, its counts)
         self.pushed: set[str] = set()  # gateways whose view in ``views`` came by push
         self.published = self.received = 0
+        self.alone = False  # the last poll listed no other gateway: nobody to push to
         self._tasks: list[asyncio.Task] = []
 
     # -- the sender ---------------------------------------------------------------------------------------
@@ -55,6 +56,9 @@ class PeerInflight:
         last: dict[str, tuple[int, float, float]] | None = None
         while True:
             await asyncio.sleep(self.interval)
+            if self.alone:
+                last = None  # push the whole view as soon as a peer appears
+                continue
             snap = self.snapshot()
             if snap == last:
                 continue
@@ -88,6 +92,7 @@ class PeerInflight:
         """Fold in the polled sync's view of every live gateway (fresher pushed views win); a gateway neither in the
         poll nor heard from within ``fresh_for`` has expired and is dropped. Returns the summed remote counts."""
         now = time.monotonic()
+        self.alone = not any(gw != self.gateway_id for gw in everyone)
         # A gateway that just started pushes before its first polled entry exists: keep it while it is fresh.
         views: dict[str, tuple[float, Counts]] = {gw: v for gw, v in self.views.items()
                                                  if gw in self.pushed and now - v[0] < self.fresh_for}

@@ -35,6 +35,8 @@ async def test_two_gateways_see_each_others_counts_between_polls(redis_url: str)
         s.start()
     try:
         await asyncio.sleep(0.2)  # the first polled round and the subscriptions
+        for s in syncs:  # one more polled round, in which each gateway lists the other (so it has a peer)
+            await s.step()
         a_r1, b_r1 = registries[0].get("r1"), registries[1].get("r1")
         a_r1.local.requests, a_r1.local.prefill_tokens = 3, 900.0  # gateway 0 dispatched three requests to r1
         assert await _until(lambda: b_r1.view.remote.requests == 3)
@@ -87,3 +89,18 @@ async def test_own_counts_are_pushed_only_when_they_change() -> None:
     finally:
         await peers.close()
         await sub.close()
+
+
+async def test_a_gateway_alone_pushes_nothing_until_a_peer_appears() -> None:
+    store = MemoryStore()
+    local = InflightCounts(2)
+    peers = PeerInflight(store, "me", lambda: [("r0", local)], lambda _: None, interval=0.005)
+    peers.merge_polled({"me": {"r0": local}})  # the poll lists only this gateway
+    peers.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert peers.published == 0
+        peers.merge_polled({"me": {"r0": local}, "other": {}})
+        assert await _until(lambda: peers.published == 1)
+    finally:
+        await peers.close()
