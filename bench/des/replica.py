@@ -74,13 +74,13 @@ class SimReplica:
             return None
         self._batch = [(c.request, c.num_new_tokens, c.sample) for c in chunks]
         duration = self.cost.step_time((r.num_computed_tokens, n, s) for r, n, s in self._batch)
-        prefill = sched.num_prefill_tokens
+        prefill, decode = sched.token_split()
         a = self.alpha
         if prefill and duration > 0:
             rate = prefill / duration
             self.prefill_tokens_per_s = rate if self.prefill_tokens_per_s is None else (
                 (1 - a) * self.prefill_tokens_per_s + a * rate)
-        if sched.num_decode_tokens:
+        if decode:
             ms = 1e3 * duration
             self.decode_step_ms = ms if self.decode_step_ms is None else (1 - a) * self.decode_step_ms + a * ms
         self.busy = True

@@ -246,6 +246,7 @@ class Engine:
                 await asyncio.sleep(0.001)  # nothing fits this instant (cannot last: see the scheduler)
                 continue
             self._in_step = {c.request.request_id for c in batch.chunks}
+            num_prefill, num_decode = sched.token_split()
             t0 = time.monotonic()
             try:
                 tokens = await self.runner.execute(batch)
@@ -266,7 +267,7 @@ class Engine:
             duration = time.monotonic() - t0
             if tokens is not None:
                 self._process(batch.chunks, tokens)
-            self._account(StepStats(duration, sched.num_prefill_tokens, sched.num_decode_tokens,
+            self._account(StepStats(duration, num_prefill, num_decode,
                                     len(batch.chunks), len(sched.preempted), batch.num_sampling))
             self.publisher.emit(self.pool.drain_events())
 

@@ -30,17 +30,16 @@ class SchedulerOutput:
     # Requests admitted for the first time this step, with their prefix-cache hit in tokens.
     admitted: list[tuple[Request, int]] = field(default_factory=list)
 
-    @property
-    def num_prefill_tokens(self) -> int:
-        return sum(c.num_new_tokens for c in self.batch.chunks if not _is_decode(c))
-
-    @property
-    def num_decode_tokens(self) -> int:
-        return sum(c.num_new_tokens for c in self.batch.chunks if _is_decode(c))
-
-
-def _is_decode(c: ScheduledChunk) -> bool:
-    return c.request.num_output_tokens > 0 and c.num_new_tokens == 1 and c.sample
+    def token_split(self) -> tuple[int, int]:
+        """``(prefill tokens, decode tokens)`` of the batch; call it before the step's tokens are appended (a decode
+        is one new token of a request that already has output)."""
+        decode = prefill = 0
+        for c in self.batch.chunks:
+            if c.num_new_tokens == 1 and c.sample and c.request.output_token_ids:
+                decode += 1
+            else:
+                prefill += c.num_new_tokens
+        return prefill, decode
 
 
 class Scheduler:
