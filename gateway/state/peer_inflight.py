@@ -109,6 +109,11 @@ class PeerInflight:
         self.pushed &= views.keys()
         return self.remote()
 
+    def forget(self) -> None:
+        """Drop every peer's view (the store was unreachable for longer than the state's TTL)."""
+        self.views.clear()
+        self.pushed.clear()
+
     def remote(self) -> Counts:
         total: Counts = {}
         for _, counts in self.views.values():

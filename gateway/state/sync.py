@@ -85,6 +85,8 @@ class StateSync:
                 log.warning("state store unavailable (%s); routing on the local view", e)
             self.healthy = False
             if time.monotonic() - self.last_ok > self.ttl:
+                if self.peers is not None:
+                    self.peers.forget()  # a push arriving before the store answers polls again starts afresh
                 self._apply_remote({})
 
     async def _fast(self) -> None:

@@ -63,6 +63,9 @@ def test_pushed_views_win_while_fresh_and_expired_gateways_are_dropped() -> None
     remote = peers.merge_polled({"a": {"r0": InflightCounts(1)}, "b": {"r0": InflightCounts(4)},
                                  "me": {"r0": InflightCounts(7)}})
     assert remote["r0"].requests == 2 + 4 and "r1" not in remote
+    peers.forget()
+    assert peers.remote() == {}
+    peers.apply(orjson.dumps({"gw": "a", "c": {"r0": [2, 100.0, 50.0]}}))
     # A fresh push from a gateway the poll does not list yet counts; once stale, only the poll stands.
     assert peers.apply(orjson.dumps({"gw": "d", "c": {"r2": [1, 0, 0]}}))
     assert peers.merge_polled({"a": {"r0": InflightCounts(1)}})["r2"].requests == 1
