@@ -20,6 +20,12 @@ def results_dir() -> Path:
     return path
 
 
+def relative(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the checkout when it lies inside it (results must not record the machine's layout)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(path)
+
+
 def shared_data_dir() -> Path:
     """The shared benchmark data beside the checkout (``FORESIGHT_DATA_DIR`` overrides)."""
     path = Path(os.environ.get("FORESIGHT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")

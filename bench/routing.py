@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print_table(result)
     name = args.name or f"routing-{args.mode}"
     out_prefix = str(results.results_dir() / name)
-    result["plots"] = plots(runs, variants, out_prefix) if runs else []
+    result["plots"] = [results.relative(p) for p in plots(runs, variants, out_prefix)] if runs else []
     config = {k: v for k, v in vars(args).items() if k != "func"}
     results.write_json(args.json or out_prefix + ".json", {"config": config, **result, "runs": runs})
     return result
