@@ -76,6 +76,9 @@ class SimRunner(ModelRunner):
         self.eos_id = min(tokenizer.eos_token_ids) if tokenizer.eos_token_ids else None
         specials = tokenizer.special_token_ids | tokenizer.eos_token_ids
         self.corpus = [t for t in tokenizer.encode(_CORPUS) if t not in specials] or [0]
+        # Outputs start where a token decodes to whole characters: one that starts inside a multi-byte character
+        # (byte-level tokens of 東 decode only together) made a short output decode to no text at all.
+        self.starts = [i for i, t in enumerate(self.corpus) if "\ufffd" not in tokenizer.decode([t])] or [0]
         self._states: dict[str, _SimState] = {}
         self._clock: float | None = None  # end of the last simulated step on the virtual GPU timeline
         self.lag_resets = 0
@@ -109,7 +112,7 @@ class SimRunner(ModelRunner):
             if not sampling.ignore_eos and sampling.forced_output_tokens is None and self.eos_id is not None:
                 mu = math.log(max(self.output_mean, 1.0)) - self.output_sigma**2 / 2
                 eos_at = max(0, int(rng.lognormvariate(mu, self.output_sigma)) - 1)
-            st = self._states[request_id] = _SimState(rng, rng.randrange(len(self.corpus)), eos_at)
+            st = self._states[request_id] = _SimState(rng, self.starts[rng.randrange(len(self.starts))], eos_at)
         return st
 
     async def execute(self, batch: StepBatch) -> list[int | None]:
