@@ -23,6 +23,7 @@ import orjson
 
 from gateway.routing.prefix_index import PrefixIndex
 from gateway.state.base import StateStore, StoreUnavailable
+from gateway.state.pubsub import follow
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +96,8 @@ class SharedApproxIndex:
 
     async def _subscriber(self) -> None:
         assert self.store is not None
-        backoff = self.interval
-        while True:
-            try:
-                sub = await self.store.subscribe(self.channel)
-                self._subscribed.set()
-                backoff = self.interval
-                try:
-                    async for message in sub:
-                        self.apply(message)
-                finally:
-                    await sub.close()
-            except StoreUnavailable as e:
-                log.debug("prefix index: subscription lost (%s)", e)
-            self._subscribed.clear()
-            await asyncio.sleep(backoff)
-            backoff = min(2.0, backoff * 2)
+        await follow(self.store, self.channel, self.apply, backoff=self.interval, subscribed=self._subscribed,
+                     what="prefix index")
 
     async def start(self) -> None:
         if self.store is None or self._tasks:

@@ -24,12 +24,22 @@ import orjson
 
 from gateway.routing.base import InflightCounts
 from gateway.state.base import StateStore, StoreUnavailable
+from gateway.state.pubsub import follow
 from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "inflight:push"
 Counts = dict[str, InflightCounts]
+
+
+def sum_counts(per_gateway: Iterable[Counts]) -> Counts:
+    """Per replica, the sum of several gateways' counts."""
+    total: Counts = {}
+    for counts in per_gateway:
+        for rid, c in counts.items():
+            total.setdefault(rid, InflightCounts()).add(c)
+    return total
 
 
 class PeerInflight:
@@ -115,32 +125,13 @@ class PeerInflight:
         self.pushed.clear()
 
     def remote(self) -> Counts:
-        total: Counts = {}
-        for _, counts in self.views.values():
-            for rid, c in counts.items():
-                total.setdefault(rid, InflightCounts()).add(c)
-        return total
-
-    async def _subscriber(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                sub = await self.store.subscribe(CHANNEL)
-                backoff = 0.1
-                try:
-                    async for message in sub:
-                        self.apply(message)
-                finally:
-                    await sub.close()
-            except StoreUnavailable as e:
-                log.debug("in-flight push: subscription lost (%s)", e)
-            await asyncio.sleep(backoff)
-            backoff = min(2.0, backoff * 2)
+        return sum_counts(counts for _, counts in self.views.values())
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._publisher(), name="inflight-push"),
-                       asyncio.create_task(self._subscriber(), name="inflight-receive")]
+                       asyncio.create_task(follow(self.store, CHANNEL, self.apply, what="in-flight push"),
+                                           name="inflight-receive")]
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -21,7 +21,7 @@ from gateway.registry import Registry
 from gateway.routing.base import InflightCounts
 from gateway.state import keys
 from gateway.state.base import StateStore, StoreUnavailable
-from gateway.state.peer_inflight import PeerInflight
+from gateway.state.peer_inflight import PeerInflight, sum_counts
 from gateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
@@ -90,18 +90,12 @@ class StateSync:
                 self._apply_remote({})
 
     async def _fast(self) -> None:
-        own = {r.id: r.local for r in self.registry}
-        await self.store.put_inflight(self.gateway_id, own, self.ttl)
+        await self.store.put_inflight(self.gateway_id, dict(self._own()), self.ttl)
         everyone = await self.store.get_inflight()
         if self.peers is not None:
             remote = self.peers.merge_polled(everyone)
         else:
-            remote = {}
-            for gw, per_replica in everyone.items():
-                if gw == self.gateway_id:
-                    continue
-                for rid, counts in per_replica.items():
-                    remote.setdefault(rid, InflightCounts()).add(counts)
+            remote = sum_counts(counts for gw, counts in everyone.items() if gw != self.gateway_id)
         self._apply_remote(remote)
         reports = await self.store.get_load_reports()
         if reports:
