@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,30 +216,29 @@ class Cluster:
                 v.load = rep
 
     def _sync(self) -> None:
-        """Every gateway reads the others' in-flight counts (one StateSync round)."""
-        if self.cfg.gateways > 1:
-            for g, views in enumerate(self.views):
-                for i, v in enumerate(views):
-                    remote = InflightCounts()
-                    for h in range(self.cfg.gateways):
-                        if h != g:
-                            remote.add(self.views[h][i].local)
-                    v.remote = remote
+        """Every gateway reads the others' in-flight counts (scheduled only with several gateways)."""
+        for g, views in enumerate(self.views):
+            for i, v in enumerate(views):
+                remote = InflightCounts()
+                for h in range(self.cfg.gateways):
+                    if h != g:
+                        remote.add(self.views[h][i].local)
+                v.remote = remote
 
     def _share(self) -> None:
-        """Deliver every gateway's queued approximate-index deltas to the others (one pub/sub round)."""
-        if self.cfg.gateways > 1:
-            messages = []
-            for p in self.policies:
-                shared = getattr(getattr(p, "matcher", None), "shared", None)
-                if shared is not None and shared.pending:
-                    messages.append(orjson.dumps({"gw": shared.gateway_id, "d": shared.pending}))
-                    shared.pending = []
-            for p in self.policies:
-                shared = getattr(getattr(p, "matcher", None), "shared", None)
-                for m in messages:
-                    if shared is not None:
-                        shared.apply(m)
+        """Deliver every gateway's queued approximate-index deltas to the others (one pub/sub round; scheduled only
+        with several gateways)."""
+        messages = []
+        for p in self.policies:
+            shared = getattr(getattr(p, "matcher", None), "shared", None)
+            if shared is not None and shared.pending:
+                messages.append(orjson.dumps({"gw": shared.gateway_id, "d": shared.pending}))
+                shared.pending = []
+        for p in self.policies:
+            shared = getattr(getattr(p, "matcher", None), "shared", None)
+            for m in messages:
+                if shared is not None:
+                    shared.apply(m)
 
     def run(self, reqs: Sequence[TraceRequest]) -> SimOutcome:
         wall0 = time.perf_counter()
@@ -247,10 +246,13 @@ class Cluster:
             self.push(r.arrival_s, "arrive", r)
         pending = len(reqs)
         end = (reqs[-1].arrival_s if reqs else 0.0) + self.cfg.drain_s
-        self.push(0.0, "tick", None)
+        # Periodic events: what each does at virtual time t, and how often it comes back.
+        periodic: dict[str, tuple[Callable[[float], None], float]] = {"tick": (self._tick, self.cfg.report_interval)}
         if self.cfg.gateways > 1:
-            self.push(0.0, "sync", None)
-            self.push(0.0, "share", None)
+            periodic["sync"] = (lambda _t: self._sync(), self.cfg.sync_interval)
+            periodic["share"] = (lambda _t: self._share(), self.cfg.share_interval)
+        for kind in periodic:
+            self.push(0.0, kind, None)
         t = 0.0
         while self.heap:
             t, _, kind, data = heapq.heappop(self.heap)
@@ -261,18 +263,11 @@ class Cluster:
                 self._arrive(t, data)
             elif kind == "step":
                 self._step_end(t, data)
-            elif kind == "sync":
-                self._sync()
-                if pending or self.live:
-                    self.push(t + self.cfg.sync_interval, "sync", None)
-            elif kind == "share":
-                self._share()
-                if pending or self.live:
-                    self.push(t + self.cfg.share_interval, "share", None)
             else:
-                self._tick(t)
+                run, every = periodic[kind]
+                run(t)
                 if pending or self.live:
-                    self.push(t + self.cfg.report_interval, "tick", None)
+                    self.push(t + every, kind, None)
         for live in list(self.live.values()):
             self._finish(t, live, ok=False)
         self.live.clear()
