@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-Id", "X-Sim-Output-Tokens", "X-Session-Id", "traceparent",
                    "tracestate")
+PRIORITY_HEADER = "X-Foresight-Priority"  # replicas/protocol.py reads it (admission order, lower first)
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
@@ -175,9 +176,13 @@ class Proxy:
         raise APIError(502, f"upstream failed after {attempts} attempts (last: {last.reason})",
                        code="upstream_error")
 
-    def _headers(self, request: web.Request) -> dict[str, str]:
+    def _headers(self, request: web.Request, rv: RequestView | None = None) -> dict[str, str]:
         h = request.headers
         out = {k: h[k] for k in FORWARD_HEADERS if k in h}
+        # The policy's scheduling hint (never the client's: that header is not forwarded).
+        priority = rv.scratch.get("priority") if rv is not None else None
+        if priority is not None:
+            out[PRIORITY_HEADER] = str(priority)
         if self.cfg.upstream_api_key:
             out["Authorization"] = "Bearer " + self.cfg.upstream_api_key
         tracing.inject(out)  # traceparent of the upstream attempt span (no-op while tracing is off)
@@ -224,7 +229,7 @@ class Proxy:
                      outcome: Outcome, extra: dict[str, str], t0: float) -> web.Response:
         try:
             status, headers, data = await self.upstream.request(
-                replica.url, PATHS[rv.route], self._headers(request), raw,
+                replica.url, PATHS[rv.route], self._headers(request, rv), raw,
                 connect_timeout=self.cfg.connect_timeout, read_timeout=self.cfg.read_timeout)
         except (UpstreamConnectError, UpstreamDisconnected, TimeoutError, OSError) as e:
             raise self._failed(replica, e, outcome) from e
@@ -271,7 +276,7 @@ class Proxy:
         try:
             try:
                 up = await self.session.post(replica.url + PATHS[rv.route], data=raw,
-                                             headers=self._headers(request), timeout=self.timeout)
+                                             headers=self._headers(request, rv), timeout=self.timeout)
                 if up.status in RETRY_STATUSES:
                     replica.breaker.record_failure()
                     outcome.status, outcome.error = up.status, f"upstream {up.status}"

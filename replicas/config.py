@@ -24,6 +24,7 @@ class ReplicaConfig:
     max_batched_tokens: int = 8192  # tokens scheduled in one step at most (chunked prefill splits beyond)
     max_model_len: int | None = None  # prompt + output tokens at most
     max_waiting: int = 1024  # queued requests at most; beyond, the server answers 503 with Retry-After
+    priority_max_wait_s: float = 30.0  # a request queued this long goes before any with a lower priority
     kv_blocks: int | None = None  # override the KV pool size in blocks
     kv_cache_memory: int | None = None  # bytes of KV memory (used when kv_blocks is None)
     sim_profile: str = "h100-llama8b"  # sim runner: GPU + model profile of the cost model

@@ -16,6 +16,9 @@ from foresight.errors import APIError
 from replicas.engine.request import SamplingParams
 
 SIM_OUTPUT_HEADER = "X-Sim-Output-Tokens"
+# The gateway's scheduling hint (its predicted work for the request); the body's ``priority`` (vLLM's field) wins.
+PRIORITY_HEADER = "X-Foresight-Priority"
+PRIORITY_LIMIT = 2**53  # JSON-safe integers
 
 
 @dataclass
@@ -178,6 +181,22 @@ def parse_completion(body: dict[str, Any], tokenizer: Any, forced: int | None) -
     sp, given = _sampling(body, forced)
     stream, usage = _stream_opts(body)
     return ParsedRequest(model, ids, sp, stream, usage, given)
+
+
+def parse_priority(body: dict[str, Any], header: str | None) -> int:
+    """The request's admission priority (lower first): the body's ``priority``, else the gateway's header, else 0."""
+    given = _int(body, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT)
+    if given is not None:
+        return given
+    if header is None:
+        return 0
+    try:
+        value = int(header)
+    except ValueError:
+        raise _bad(f"{PRIORITY_HEADER} must be an integer") from None
+    if abs(value) > PRIORITY_LIMIT:
+        raise _bad(f"{PRIORITY_HEADER} must lie in [-2^53, 2^53]")
+    return value
 
 
 def parse_forced_tokens(value: str | None) -> int | None:

@@ -23,7 +23,15 @@ from foresight.errors import APIError, http_response, sse_error_event
 from replicas.engine.engine import Engine, RequestOutput
 from replicas.load_report import LoadPublisher
 from replicas.metrics import ReplicaMetrics
-from replicas.protocol import SIM_OUTPUT_HEADER, ParsedRequest, parse_chat, parse_completion, parse_forced_tokens
+from replicas.protocol import (
+    PRIORITY_HEADER,
+    SIM_OUTPUT_HEADER,
+    ParsedRequest,
+    parse_chat,
+    parse_completion,
+    parse_forced_tokens,
+    parse_priority,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +140,14 @@ class ReplicaServer:
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         parsed = (parse_chat if chat else parse_completion)(body, self.tokenizer, forced)
+        priority = parse_priority(body, request.headers.get(PRIORITY_HEADER))
         if parsed.model not in self.model_names:
             raise APIError(404, f"the model {parsed.model!r} does not exist on this replica (serving "
                            f"{self.cfg.model_name!r})", param="model", code="model_not_found")
         if not parsed.max_tokens_given:
             parsed.sampling.max_tokens = max(1, self.engine.max_model_len - len(parsed.prompt_token_ids))
-        rid = self.engine.add_request(parsed.prompt_token_ids, parsed.sampling, arrival_time=arrival)
+        rid = self.engine.add_request(parsed.prompt_token_ids, parsed.sampling, arrival_time=arrival,
+                                      priority=priority)
         tracing_web.bind_engine_request(rid)
         headers = {"X-Request-Id": rid, "X-Foresight-Replica": self.cfg.replica_id}
         prefix = "chatcmpl-" if chat else "cmpl-"

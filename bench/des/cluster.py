@@ -162,13 +162,13 @@ class Cluster:
         self.results.append(result)
         self.live[view.request_id] = _Live(req, result, view, g, ri, ticket, t)
         replica = self.replicas[ri]
-        replica.add(view.request_id, tokens, req.output_length)
+        replica.add(view.request_id, tokens, req.output_length, t, int(view.scratch.get("priority", 0)))
         if not replica.busy:
             self._step(t, ri)
 
     def _step(self, t: float, ri: int) -> None:
         replica = self.replicas[ri]
-        duration = replica.begin_step()
+        duration = replica.begin_step(t)
         for req in replica.unfit:
             self._finish(t, self.live.pop(req.request_id), ok=False)
         replica.unfit.clear()

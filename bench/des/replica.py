@@ -50,17 +50,21 @@ class SimReplica:
         self.seq = 0
         self.unfit: list[Request] = []  # requests the pool can never hold; the cluster reports them as failed
 
-    def add(self, request_id: str, tokens: list[int], output_tokens: int) -> Request:
+    def add(self, request_id: str, tokens: list[int], output_tokens: int, now: float = 0.0,
+            priority: int = 0) -> Request:
+        """Queue a request arriving at virtual time ``now`` with the gateway's admission ``priority``."""
         req = Request(request_id, tokens, SamplingParams(max_tokens=output_tokens, ignore_eos=True,
-                                                         forced_output_tokens=output_tokens))
+                                                         forced_output_tokens=output_tokens),
+                      arrival_time=now, priority=priority)
         self.scheduler.add(req)
         return req
 
-    def begin_step(self) -> float | None:
-        """Schedule the next step; its duration in seconds, or None when there is nothing to run."""
+    def begin_step(self, now: float = 0.0) -> float | None:
+        """Schedule the next step at virtual time ``now``; its duration in seconds, or None when there is nothing
+        to run."""
         if not self.scheduler.has_work():
             return None
-        sched = self.scheduler.schedule()
+        sched = self.scheduler.schedule(now)
         for req in sched.unfittable:  # longer than the whole pool: finished with nothing, as the engine does
             req.status = RequestStatus.FINISHED_LENGTH
             self.pool.free(req)

@@ -24,6 +24,11 @@ randomisation), so gateways sharing stale views do not all herd onto one replica
 since the sync count ``1 + peers`` times), so a burst split across gateways does not land on one replica from all
 of them. Prompt tokens are the gateway's estimate corrected by a learned factor (real prompt tokens over estimates
 of completed requests).
+
+With the ``priority`` option (default on), the request's predicted work (uncached prompt tokens plus predicted
+output tokens) goes to the chosen replica as its admission priority (``X-Foresight-Priority``, lower first): a
+replica with a queue admits the shortest predicted job first, so under overload most requests still meet a TTFT
+target while the longest wait (a replica's ``--priority-max-wait`` bounds that wait).
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class ForesightPolicy(RoutingPolicy):
         self.work_weight = float(o.get("work_weight", 0.0))
         self.report_weight = float(o.get("report_weight", 1.0))
         self.explain_top = int(o.get("explain_top", 8))
+        # Send the predicted work (uncached prompt + predicted output tokens) as the replica's admission priority:
+        # a replica with a queue admits the shortest predicted job first (replicas/engine/scheduler.py).
+        self.send_priority = o.get("priority", "1") not in ("0", "false", "no")
         # Other gateways sharing the replicas (counted from the store in the background; an option for tests).
         self.peers = int(o.get("peer_gateways", 0))
         self._peer_task: asyncio.Task | None = None
@@ -164,8 +172,10 @@ class ForesightPolicy(RoutingPolicy):
             self.rng.shuffle(head)
             order[:near] = head
         chosen = order[0]
-        request.scratch["uncached_prompt_tokens"] = (request.prompt_tokens * self.token_factor
-                                                     * (1 - matched.get(replicas[chosen].id, 0.0)))
+        uncached = request.prompt_tokens * self.token_factor * (1 - matched.get(replicas[chosen].id, 0.0))
+        request.scratch["uncached_prompt_tokens"] = uncached
+        if self.send_priority:
+            request.scratch["priority"] = int(uncached + (request.output_p50 if self.use_output else 0.0))
         explanation = {replicas[i].id: self._explain(terms[i], matched.get(replicas[i].id, 0.0))
                        for i in order[: self.explain_top]}
         return Decision([replicas[i].id for i in order], explanation, reason=f"foresight:near={near}")

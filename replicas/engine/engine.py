@@ -111,7 +111,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_model_len = cfg.max_model_len or getattr(runner, "max_model_len", None) or 4096
         self.pool = BlockPool(runner.kv_capacity_blocks(cfg.block_size), cfg.block_size, cfg.hash_seed)
-        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_batched_tokens)
+        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_batched_tokens, cfg.priority_max_wait_s)
         self.publisher = publisher or KVEventPublisher(cfg.replica_id)
         self.publisher.emit([AllBlocksCleared()])  # seq 1 of every epoch: the replica starts empty
         self.listeners: list[EngineListener] = []
@@ -147,8 +147,9 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: Sequence[int], sampling: SamplingParams,
-                    request_id: str | None = None, arrival_time: float | None = None) -> str:
-        """Queue a request; ``arrival_time`` (``time.monotonic()``) is when the server received it (default: now)."""
+                    request_id: str | None = None, arrival_time: float | None = None, priority: int = 0) -> str:
+        """Queue a request; ``arrival_time`` (``time.monotonic()``) is when the server received it (default: now);
+        ``priority`` orders it among waiting requests (lower first, see ``Scheduler``)."""
         prompt = list(prompt_token_ids)
         n = len(prompt)
         if n == 0:
@@ -174,7 +175,7 @@ class Engine:
         rid = request_id or uuid.uuid4().hex
         if rid in self._handles:
             raise APIError(400, f"duplicate request id {rid!r}", param="request_id")
-        req = Request(rid, prompt, sampling)
+        req = Request(rid, prompt, sampling, priority=priority)
         if arrival_time is not None:
             req.arrival_time = arrival_time
         detok = IncrementalDetokenizer(self.tokenizer, prompt, sampling.stop) if self.tokenizer is not None else None

@@ -58,6 +58,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at the last admission
     finish_reason: str | None = None
     first_token_time: float | None = None
+    priority: int = 0  # admission order among waiting requests: lower first (see Scheduler)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -1,11 +1,16 @@
 """The scheduler: one rule, as vLLM's, under one token budget per step.
 
-Running requests first (oldest first), then waiting ones (FIFO): each scheduled request advances its computed
+Running requests first (oldest first), then waiting ones: each scheduled request advances its computed
 tokens toward its total (``Request.num_tokens``), which covers chunked prefill (a prompt larger than the
 remaining budget gets a chunk of it), decode (one token) and prefix hits (a newly admitted request starts
 from its cached prefix) alike. When the pool runs out of blocks for a running request, the newest running
 request is preempted: its blocks are freed (their content stays cached until evicted) and it goes back to
 the head of the waiting queue, to be recomputed later. No request is admitted in a step that preempted.
+
+Admission order: preempted requests first, then by ``Request.priority`` (lower first, as vLLM's; default 0; the
+gateway sends its predicted work, so shortest predicted job first), equal priorities in arrival order (FIFO). A
+request that has waited ``priority_max_wait_s`` or more goes before every prioritised one, so a long job is
+delayed, never starved. The candidate that does not fit blocks the queue (nothing overtakes it).
 
 Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``max_waiting`` and
 ``max_model_len`` are enforced on admission by the engine.
@@ -13,6 +18,7 @@ Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``ma
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -43,29 +49,56 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, pool: BlockPool, max_num_seqs: int = 256, max_batched_tokens: int = 8192) -> None:
+    def __init__(self, pool: BlockPool, max_num_seqs: int = 256, max_batched_tokens: int = 8192,
+                 priority_max_wait_s: float = 30.0) -> None:
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
-        self.waiting: deque[Request] = deque()
+        self.priority_max_wait_s = priority_max_wait_s
+        self.waiting: deque[Request] = deque()  # arrival order (preempted ones pushed back at the front)
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self._prioritised = 0  # waiting requests with a non-zero priority: none means plain FIFO, no scan
 
     def add(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
         self.waiting.append(req)
+        if req.priority:
+            self._prioritised += 1
+
+    def _next_waiting(self, now: float) -> int:
+        """Index in ``waiting`` of the request to admit next (see the module docstring)."""
+        head = self.waiting[0]
+        # ``waiting`` is in arrival order behind the preempted ones, so when its head has not waited too long,
+        # no one has.
+        if not self._prioritised or head.status is RequestStatus.PREEMPTED or (
+                now - head.arrival_time >= self.priority_max_wait_s):
+            return 0
+        best, lowest = 0, head.priority
+        for i, r in enumerate(self.waiting):
+            if r.priority < lowest:  # strictly lower: equal priorities keep arrival order
+                best, lowest = i, r.priority
+        return best
+
+    def _take_waiting(self, i: int) -> Request:
+        req = self.waiting[i]
+        del self.waiting[i]
+        if req.priority:
+            self._prioritised -= 1
+        return req
 
     def remove(self, req: Request) -> None:
         """Take a request out of the queues and release its blocks (finish or abort)."""
         # By identity: Request is a dataclass whose == compares every field.
-        for queue in (self.running, self.waiting):
-            for i, r in enumerate(queue):
+        for i, r in enumerate(self.running):
+            if r is req:
+                del self.running[i]
+                break
+        else:
+            for i, r in enumerate(self.waiting):
                 if r is req:
-                    del queue[i]
+                    self._take_waiting(i)
                     break
-            else:
-                continue
-            break
         self.pool.free(req)
 
     def has_work(self) -> bool:
@@ -76,9 +109,14 @@ class Scheduler:
         req.num_computed_tokens = 0
         req.status = RequestStatus.PREEMPTED
         self.waiting.appendleft(req)
+        if req.priority:
+            self._prioritised += 1
         self.num_preemptions += 1
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, now: float | None = None) -> SchedulerOutput:
+        """The next step's batch; ``now`` is the clock of ``Request.arrival_time`` (default ``time.monotonic()``;
+        a simulation passes its virtual time)."""
+        now = time.monotonic() if now is None else now
         budget = self.max_batched_tokens
         out = SchedulerOutput(StepBatch([]))
         bs = self.pool.block_size
@@ -107,17 +145,17 @@ class Scheduler:
             i += 1
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
-            req = self.waiting[0]
+            pick = self._next_waiting(now)
+            req = self.waiting[pick]
             prefix = self.pool.find_prefix(req) if req.num_computed_tokens == 0 else []
             hit = len(prefix) * bs
             num_new = min(req.num_tokens - req.num_computed_tokens - hit, budget)
             if cdiv(req.num_computed_tokens + hit + num_new, bs) > self.pool.num_blocks:
-                self.waiting.popleft()
-                out.unfittable.append(req)
+                out.unfittable.append(self._take_waiting(pick))
                 continue
             if not self.pool.allocate(req, num_new, prefix):
-                break  # FIFO: nothing overtakes the head of the queue
-            self.waiting.popleft()
+                break  # nothing overtakes the request whose turn it is
+            self._take_waiting(pick)
             if req.status == RequestStatus.WAITING:  # first admission (not a preempted one coming back)
                 req.num_cached_tokens = hit
                 out.admitted.append((req, hit))

@@ -53,6 +53,23 @@ async def test_body_passes_untouched_and_headers_are_filtered() -> None:
         assert "Authorization" not in seen and "X-Evil-Upstream" not in seen
 
 
+@pytest.mark.parametrize(("policy", "opts", "sent"), [("foresight", {}, True), ("foresight", {"priority": "0"}, False),
+                                                    ("round_robin", {}, False)])
+async def test_foresight_sends_its_predicted_work_as_priority_never_the_clients(
+        policy: str, opts: dict[str, str], sent: bool) -> None:
+    async with cluster(1, policy=policy, policy_opts=opts) as (url, backends, _app):
+        async with aiohttp.ClientSession() as s:
+            body = {**CHAT, "messages": [{"role": "user", "content": "word " * 400}], "max_tokens": 50}
+            r = await s.post(url + "/v1/chat/completions", json=body, headers={"X-Foresight-Priority": "-999"})
+            assert r.status == 200
+        seen = backends[0].headers_seen[-1].get("X-Foresight-Priority")
+        if not sent:
+            assert seen is None  # the client's own hint is dropped
+        else:
+            # Uncached prompt tokens (~2,000 characters / 4) plus the predicted output, clamped by max_tokens.
+            assert seen is not None and 500 <= int(seen) <= 500 + 50 + 20
+
+
 @pytest.mark.parametrize("fault", ["503", "500", "drop"])
 async def test_failure_before_first_byte_is_retried_elsewhere(fault: str) -> None:
     async with cluster(3) as (url, backends, app):

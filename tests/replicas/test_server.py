@@ -216,3 +216,32 @@ async def test_non_stream_client_timeout_aborts_the_request(make_client: Callabl
     while (engine.scheduler.running or engine.pool.num_used) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert not engine.scheduler.running and engine.pool.num_used == 0
+
+
+async def test_priority_from_body_or_gateway_header_orders_the_queue(make_client: Callable[..., Any]) -> None:
+    client, engine = await make_client(max_num_seqs=1)
+    long = {"X-Sim-Output-Tokens": "400"}
+    first = asyncio.create_task(client.post("/v1/chat/completions", json=chat(), headers=long))
+    while not engine.scheduler.running:
+        await asyncio.sleep(0.005)
+    queued = [asyncio.create_task(client.post("/v1/chat/completions", json=chat(**body), headers=headers))
+              for body, headers in [({}, {**long, "X-Foresight-Priority": "900"}),
+                                    ({"priority": 5}, {**long, "X-Foresight-Priority": "900"}),  # body wins
+                                    ({}, {**long, "X-Foresight-Priority": "-3"})]]
+    while len(engine.scheduler.waiting) < 3:
+        await asyncio.sleep(0.005)
+    assert sorted(r.priority for r in engine.scheduler.waiting) == [-3, 5, 900]
+    assert engine.scheduler._next_waiting(time.monotonic()) == 2  # the -3 one is next
+    for t in (first, *queued):
+        t.cancel()
+
+
+@pytest.mark.parametrize(("body", "headers"), [({"priority": "high"}, {}), ({"priority": 1.5}, {}),
+                                               ({"priority": 2**60}, {}), ({}, {"X-Foresight-Priority": "soon"}),
+                                               ({}, {"X-Foresight-Priority": str(2**60)})])
+async def test_bad_priority_is_400(make_client: Callable[..., Any], body: dict[str, Any],
+                                   headers: dict[str, str]) -> None:
+    client, engine = await make_client()
+    r = await client.post("/v1/chat/completions", json=chat(**body), headers=headers)
+    assert r.status == 400 and (await r.json())["error"]["type"] == "invalid_request_error"
+    assert not engine.scheduler.waiting and not engine.scheduler.running

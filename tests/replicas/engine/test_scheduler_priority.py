@@ -1,0 +1,73 @@
+"""Scheduler admission order: priority (lower first), FIFO among equals, preempted first, aging past a bound."""
+
+from __future__ import annotations
+
+from replicas.engine.block_pool import BlockPool
+from replicas.engine.request import Request, RequestStatus, SamplingParams
+from replicas.engine.scheduler import Scheduler
+
+BS = 4
+
+
+def req(rid: str, n: int, base: int, priority: int = 0, arrival: float = 0.0) -> Request:
+    return Request(rid, [base + i for i in range(n)], SamplingParams(max_tokens=100), arrival_time=arrival,
+                   priority=priority)
+
+
+def admitted(s: Scheduler, now: float = 0.0) -> list[str]:
+    return [r.request_id for r, _ in s.schedule(now).admitted]
+
+
+def test_lower_priority_is_admitted_first_and_equal_ones_keep_arrival_order() -> None:
+    s = Scheduler(BlockPool(64, BS), max_num_seqs=1, max_batched_tokens=100)
+    for rid, prio in [("long", 900), ("short", 10), ("mid", 50), ("short2", 10)]:
+        s.add(req(rid, 3, 100 * len(s.waiting), prio))
+    order = []
+    for _ in range(4):
+        order += admitted(s)
+        s.remove(s.running[0])  # finish it: frees the one slot
+    assert order == ["short", "short2", "mid", "long"]
+    assert not s.waiting and s._prioritised == 0
+
+
+def test_without_priorities_admission_is_fifo() -> None:
+    s = Scheduler(BlockPool(64, BS), max_num_seqs=1, max_batched_tokens=100)
+    for i in range(3):
+        s.add(req(f"r{i}", 3, 10 * i))
+    order = []
+    for _ in range(3):
+        order += admitted(s)
+        s.remove(s.running[0])
+    assert order == ["r0", "r1", "r2"]
+
+
+def test_a_request_waiting_past_the_bound_goes_first() -> None:
+    s = Scheduler(BlockPool(64, BS), max_num_seqs=1, max_batched_tokens=100, priority_max_wait_s=5.0)
+    s.add(req("old-long", 3, 0, priority=1000, arrival=0.0))
+    s.add(req("new-short", 3, 100, priority=1, arrival=4.0))
+    assert admitted(s, now=4.5) == ["new-short"]  # the long one has waited 4.5 s < 5 s
+    s.remove(s.running[0])
+    s.add(req("newer-short", 3, 200, priority=1, arrival=5.5))
+    assert admitted(s, now=6.0) == ["old-long"]  # 6 s >= 5 s: it is not starved any longer
+
+
+def test_preempted_request_goes_before_lower_priorities() -> None:
+    s = Scheduler(BlockPool(64, BS), max_num_seqs=4, max_batched_tokens=100)
+    big = req("big", 3, 0, priority=500)
+    s.add(big)
+    assert admitted(s) == ["big"]
+    s._preempt(s.running.pop())
+    assert big.status is RequestStatus.PREEMPTED
+    s.add(req("small", 3, 100, priority=1))
+    out = s.schedule()
+    assert [c.request.request_id for c in out.batch.chunks][:1] == ["big"]
+
+
+def test_removing_a_waiting_prioritised_request_keeps_the_count() -> None:
+    s = Scheduler(BlockPool(64, BS), max_num_seqs=1, max_batched_tokens=100)
+    a, b = req("a", 3, 0, priority=5), req("b", 3, 100, priority=7)
+    s.add(a)
+    s.add(b)
+    s.remove(b)  # an abort while queued
+    assert s._prioritised == 1
+    assert admitted(s) == ["a"] and s._prioritised == 0
