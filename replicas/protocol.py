@@ -16,7 +16,8 @@ from foresight.errors import APIError
 from replicas.engine.request import SamplingParams
 
 SIM_OUTPUT_HEADER = "X-Sim-Output-Tokens"
-# The gateway's scheduling hint (its predicted work for the request); the body's ``priority`` (vLLM's field) wins.
+# The gateway's scheduling hint (its predicted work for the request). It wins over the body's ``priority`` (vLLM's
+# field): the gateway never forwards a client's header, so a client behind it cannot jump the queue that way.
 PRIORITY_HEADER = "X-Foresight-Priority"
 PRIORITY_LIMIT = 2**53  # JSON-safe integers
 
@@ -184,12 +185,10 @@ def parse_completion(body: dict[str, Any], tokenizer: Any, forced: int | None) -
 
 
 def parse_priority(body: dict[str, Any], header: str | None) -> int:
-    """The request's admission priority (lower first): the body's ``priority``, else the gateway's header, else 0."""
-    given = _int(body, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT)
-    if given is not None:
-        return given
+    """The request's admission priority (lower first): the gateway's header, else the body's ``priority``, else 0."""
+    given = _int(body, "priority", -PRIORITY_LIMIT, PRIORITY_LIMIT)  # validated even when the header wins
     if header is None:
-        return 0
+        return given or 0
     try:
         value = int(header)
     except ValueError:

@@ -226,8 +226,8 @@ async def test_priority_from_body_or_gateway_header_orders_the_queue(make_client
         await asyncio.sleep(0.005)
     queued = [asyncio.create_task(client.post("/v1/chat/completions", json=chat(**body), headers=headers))
               for body, headers in [({}, {**long, "X-Foresight-Priority": "900"}),
-                                    ({"priority": 5}, {**long, "X-Foresight-Priority": "900"}),  # body wins
-                                    ({}, {**long, "X-Foresight-Priority": "-3"})]]
+                                    ({"priority": -50}, {**long, "X-Foresight-Priority": "5"}),  # header wins
+                                    ({"priority": -3}, long)]]  # no gateway header: the body's own
     while len(engine.scheduler.waiting) < 3:
         await asyncio.sleep(0.005)
     assert sorted(r.priority for r in engine.scheduler.waiting) == [-3, 5, 900]
