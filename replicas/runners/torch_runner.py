@@ -191,7 +191,9 @@ class TorchRunner(ModelRunner):
                 raise ValueError(f"request {r.request_id}: cannot compute tokens [{start}, {end}) of {r.num_tokens}")
             nblk = -(-end // bs)
             blocks = r.block_ids[:nblk]  # a copy: the engine may change the table after this step
-            if len(blocks) < nblk or max(blocks) >= num_blocks or min(blocks) < 0:
+            # A decode's table only ever grows by the block it writes (checked); a chunk's is checked whole.
+            if len(blocks) < nblk or (not 0 <= blocks[-1] < num_blocks if n == 1 else (
+                    max(blocks) >= num_blocks or min(blocks) < 0)):
                 raise ValueError(f"request {r.request_id}: block table {blocks} does not cover {end} tokens "
                                  f"in a pool of {num_blocks} blocks")
             (decodes if n == 1 else chunks).append((end, index, chunk, SeqSpan(start, n, blocks)))
@@ -204,7 +206,8 @@ class TorchRunner(ModelRunner):
         for end, index, chunk, span in decodes:  # the common case, kept lean: one token each
             r = chunk.request
             spans.append(span)
-            token_ids.append(_token_slice(r, end - 1, end)[0])
+            n_prompt = len(r.prompt_token_ids)
+            token_ids.append(r.output_token_ids[end - 1 - n_prompt] if end > n_prompt else r.prompt_token_ids[end - 1])
             positions.append(end - 1)
             if chunk.sample:  # False for a one-token slice of a prompt that the token budget cut short
                 step.keep_rows.append(len(token_ids) - 1)

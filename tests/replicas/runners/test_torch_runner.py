@@ -117,6 +117,10 @@ def test_block_table_must_cover_the_step(runner: TorchRunner) -> None:
     outside = _request("outside", list(range(3, 10)), [64])
     with pytest.raises(ValueError, match="does not cover"):
         runner.pack(StepBatch([ScheduledChunk(outside, 7, True)]))
+    decode = _request("decode", list(range(3, 20)), [1, 64], computed=17)  # writes into a block outside the pool
+    decode.output_token_ids.append(5)
+    with pytest.raises(ValueError, match="does not cover"):
+        runner.pack(StepBatch([ScheduledChunk(decode, 1, True)]))
     done = _request("done", list(range(3, 10)), [1], computed=7)
     with pytest.raises(ValueError, match="cannot compute"):
         runner.pack(StepBatch([ScheduledChunk(done, 1, True)]))
