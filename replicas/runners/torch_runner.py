@@ -24,6 +24,7 @@ import torch
 
 from replicas.engine.request import Request, SamplingParams
 from replicas.runners.base import ModelRunner, StepBatch
+from replicas.runners.decode_reuse import DecodeReference
 from replicas.runners.kernel_choice import choose_kernel
 from replicas.runners.kv_cache import KVLayout, PagedKVCache
 from replicas.runners.paged_attention import ATTN_NAME, STEP_KWARG, PagedStep
@@ -49,6 +50,8 @@ class PackedStep:
     sample_chunks: list[int] = field(default_factory=list)  # chunk index of each sampling row
     params: list[SamplingParams] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
+    meta: StepMetadata | None = None  # built with the step by ``pack`` (None: ``forward_logits`` builds it)
+    position_ids: torch.Tensor | None = None  # ``positions`` as a tensor on the device, likewise
 
 
 def _first(entry: tuple) -> int:
@@ -100,6 +103,8 @@ class TorchRunner(ModelRunner):
                                   else (max_num_seqs if self.device.type == "cpu" else 0))
         self.inline_max_step_s = inline_max_step_s
         self.small_step_s: float | None = None  # moving average of small steps' durations (decides inline)
+        self._decode_ref: DecodeReference | None = None  # the last all-decode step, for the next one to reuse
+        self.reused_steps = 0  # steps packed by advancing the previous one
 
     @classmethod
     def from_config(cls, cfg: ReplicaConfig) -> TorchRunner:
@@ -179,8 +184,23 @@ class TorchRunner(ModelRunner):
     # -- steps ----------------------------------------------------------------------------------------------
 
     def pack(self, batch: StepBatch) -> PackedStep:
-        """Snapshot ``batch`` into packed order; raise on a block table that does not cover the step."""
+        """Snapshot ``batch`` into packed order with its attention metadata; raise on a block table that does not
+        cover the step. A steady decode step reuses the previous one's packing (``decode_reuse``)."""
         assert self.cache is not None, "kv_capacity_blocks must be called before the first step"
+        bs = self.cache.layout.block_size
+        if self._decode_ref is not None:
+            step = self._decode_ref.advance(batch, bs)
+            if step is not None:
+                self.reused_steps += 1
+                return step
+        step = self._pack(batch)
+        step.meta = StepMetadata.build(step.spans, bs, self.device, self.dtype)
+        step.position_ids = torch.tensor(step.positions, dtype=torch.long, device=self.device)
+        self._decode_ref = DecodeReference.of(batch, step)
+        return step
+
+    def _pack(self, batch: StepBatch) -> PackedStep:
+        assert self.cache is not None
         bs, num_blocks = self.cache.layout.block_size, self.cache.num_blocks
         decodes, chunks = [], []
         for index, chunk in enumerate(batch.chunks):
@@ -229,14 +249,16 @@ class TorchRunner(ModelRunner):
         """One packed forward pass (writes the step's K/V into the cache) -> logits ``[sampling rows, vocab]``."""
         assert self.cache is not None and self.kernel is not None
         dev = self.device
-        meta = StepMetadata.build(step.spans, self.cache.layout.block_size, dev, self.dtype)
+        meta = step.meta or StepMetadata.build(step.spans, self.cache.layout.block_size, dev, self.dtype)
+        positions = (step.position_ids if step.position_ids is not None
+                     else torch.tensor(step.positions, dtype=torch.long, device=dev))
         # Every row samples (a decode step): transformers' 0 means all rows, with no index tensor to build and apply.
         keep: int | torch.Tensor = (0 if len(step.keep_rows) == len(step.token_ids)
                                     else torch.tensor(step.keep_rows, dtype=torch.long, device=dev))
         with torch.inference_mode():
             out = self.model(
                 input_ids=torch.tensor(step.token_ids, dtype=torch.long, device=dev)[None],
-                position_ids=torch.tensor(step.positions, dtype=torch.long, device=dev)[None],
+                position_ids=positions[None],
                 logits_to_keep=keep,
                 use_cache=False, **{STEP_KWARG: PagedStep(meta, self.cache, self.kernel)},
             )

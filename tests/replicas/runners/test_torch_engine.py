@@ -124,3 +124,4 @@ async def test_continuous_batching_is_token_identical_to_generate(tiny_model_dir
     assert watch.max_seqs > 4, "requests never shared a step"
     assert any(len(p) > cfg.max_batched_tokens for p in prompts), "no prompt needed chunked prefill"
     assert sum(1 for n in cached.values() if n > 0) >= 4, "the shared prefixes were never served from the cache"
+    assert runner.reused_steps > 0, "no steady decode step reused the previous packing"

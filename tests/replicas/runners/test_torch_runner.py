@@ -166,6 +166,7 @@ async def test_small_fast_cpu_steps_run_on_the_loop_after_yielding(runner: Torch
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.inline_max_tokens == 256  # CPU default: up to a full batch of decodes (max_num_seqs)
     monkeypatch.setattr(runner, "small_step_s", None)
+    monkeypatch.setattr(runner, "inline_max_step_s", 10.0)  # "fast" whatever the machine's load (no timing here)
     threads, _ = await _execute_watched(runner, 4)
     assert threads[0] != threading.get_ident()  # nothing measured yet: the thread, timing the step
     assert runner.small_step_s is not None and runner.small_step_s < runner.inline_max_step_s

@@ -1,0 +1,87 @@
+"""Steady decode reuse: an advanced step equals a fresh pack of the same batch, and anything else packs afresh."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from replicas.engine.request import Request, SamplingParams
+from replicas.runners.base import ScheduledChunk, StepBatch
+from replicas.runners.torch_runner import TorchRunner
+
+BS = 16
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path) -> TorchRunner:
+    r = TorchRunner(str(tiny_model_dir), kv_blocks=64)
+    r.kv_capacity_blocks(BS)
+    return r
+
+
+def _decoding(rid: str, prompt_len: int, outputs: int, blocks: list[int]) -> Request:
+    """A request that has computed its prompt and all but its last output token."""
+    req = Request(rid, list(range(3, 3 + prompt_len)), SamplingParams(max_tokens=64, temperature=0.0))
+    req.output_token_ids = [7 + i for i in range(outputs)]
+    req.block_ids = blocks
+    req.num_computed_tokens = prompt_len + outputs - 1
+    return req
+
+
+def _batch(reqs: list[Request]) -> StepBatch:
+    return StepBatch([ScheduledChunk(r, 1, True) for r in reqs])
+
+
+def _advance(reqs: list[Request], token: int = 11) -> None:
+    """What the engine does after a step: the token is computed and a new one sampled."""
+    for r in reqs:
+        r.num_computed_tokens += 1
+        r.output_token_ids.append(token)
+
+
+def test_advanced_step_equals_a_fresh_pack_until_a_block_boundary(runner: TorchRunner) -> None:
+    # They write positions 19, 34 and 1 first; "a" reaches a new block (position 32) at the 13th step after.
+    reqs = [_decoding("a", 15, 5, [1, 2]), _decoding("b", 30, 5, [3, 4, 5]), _decoding("c", 1, 1, [6])]
+    runner._decode_ref = None
+    runner.pack(_batch(reqs))
+    reused = runner.reused_steps
+    for i in range(12):
+        _advance(reqs)
+        step = runner.pack(_batch(reqs))
+        assert runner.reused_steps == reused + i + 1
+        fresh = TorchRunner._pack(runner, _batch(reqs))
+        assert step.token_ids == fresh.token_ids and step.sample_chunks == fresh.sample_chunks
+        assert step.position_ids.tolist() == fresh.positions
+        assert [(s.start, s.num_new, s.block_ids) for s in step.spans] == [
+            (s.start, s.num_new, s.block_ids) for s in fresh.spans]
+        from replicas.runners.step_metadata import StepMetadata
+
+        want = StepMetadata.build(fresh.spans, BS, runner.device, runner.dtype)
+        assert torch.equal(step.meta.slot_mapping, want.slot_mapping)
+        for g, h in zip(step.meta.decodes, want.decodes, strict=True):
+            assert (g.row_start, g.row_end) == (h.row_start, h.row_end)
+            assert torch.equal(g.ctx_lens, h.ctx_lens) and torch.equal(g.blocks, h.blocks)
+        torch.testing.assert_close(runner.forward_logits(step), runner.forward_logits(fresh))
+    # "a" now writes position 32: the first slot of its third block. That step is packed afresh.
+    reqs[0].block_ids.append(7)
+    _advance(reqs)
+    before = runner.reused_steps
+    step = runner.pack(_batch(reqs))
+    assert runner.reused_steps == before and step.spans[1].block_ids == [1, 2, 7]
+
+
+def test_a_changed_batch_is_packed_afresh(runner: TorchRunner) -> None:
+    reqs = [_decoding("a", 15, 5, [1, 2]), _decoding("b", 30, 5, [3, 4, 5])]
+    runner._decode_ref = None
+    runner.pack(_batch(reqs))
+    _advance(reqs)
+    before = runner.reused_steps
+    runner.pack(_batch(reqs[:1]))  # "b" finished
+    assert runner.reused_steps == before
+    _advance(reqs[:1])
+    runner.pack(_batch(reqs[:1]))  # the new reference: reused again
+    assert runner.reused_steps == before + 1
+    runner.pack(_batch(reqs[:1]))  # not advanced (the step's tokens were never processed): afresh
+    assert runner.reused_steps == before + 1
