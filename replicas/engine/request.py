@@ -72,6 +72,11 @@ class Request:
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
+    def token_at(self, pos: int) -> int:
+        """The token at position ``pos`` of prompt + output (no list is concatenated)."""
+        n = len(self.prompt_token_ids)
+        return self.output_token_ids[pos - n] if pos >= n else self.prompt_token_ids[pos]
+
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids

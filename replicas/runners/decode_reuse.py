@@ -53,12 +53,7 @@ class DecodeReference:
                 return None
         prev = self.step
         order = prev.sample_chunks  # packed row -> chunk index (every row samples)
-        tokens = []
-        for ci in order:
-            r = chunks[ci].request
-            p = r.num_computed_tokens
-            n_prompt = len(r.prompt_token_ids)
-            tokens.append(r.output_token_ids[p - n_prompt] if p >= n_prompt else r.prompt_token_ids[p])
+        tokens = [r.token_at(r.num_computed_tokens) for r in (chunks[ci].request for ci in order)]
         meta = _advanced(prev.meta)
         step = PackedStep(num_chunks=prev.num_chunks, token_ids=tokens, spans=meta.spans, keep_rows=prev.keep_rows,
                           sample_chunks=order, params=prev.params, request_ids=prev.request_ids, meta=meta,
@@ -77,4 +72,3 @@ def _advanced(meta: StepMetadata | None) -> StepMetadata:
     # No row starts a new block, so each slot is the next one of the same block and no table widens.
     out.decodes = [DecodeGroup(g.row_start, g.row_end, g.blocks, g.ctx_lens + 1) for g in meta.decodes]
     return out
-

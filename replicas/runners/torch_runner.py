@@ -226,8 +226,7 @@ class TorchRunner(ModelRunner):
         for end, index, chunk, span in decodes:  # the common case, kept lean: one token each
             r = chunk.request
             spans.append(span)
-            n_prompt = len(r.prompt_token_ids)
-            token_ids.append(r.output_token_ids[end - 1 - n_prompt] if end > n_prompt else r.prompt_token_ids[end - 1])
+            token_ids.append(r.token_at(end - 1))
             positions.append(end - 1)
             if chunk.sample:  # False for a one-token slice of a prompt that the token budget cut short
                 step.keep_rows.append(len(token_ids) - 1)
