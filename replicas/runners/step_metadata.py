@@ -156,9 +156,8 @@ class StepMetadata:
             masked = ar >= ctx
             if window is not None:
                 masked |= ar < ctx - window
-            # Filled in place, 2-D, then viewed: half the ops of building the 4-D boolean and inverting it.
-            mask = torch.zeros(masked.shape, dtype=self.dtype, device=self.device).masked_fill_(masked, float("-inf"))
-            self._masks[key] = mask[:, None, None, :]
+            # Filled in 2-D, then viewed: half the ops of building the 4-D boolean and inverting it.
+            self._masks[key] = self._additive(masked)[:, None, None, :]
         return self._masks[key]
 
     def prefill_mask(self, index: int, window: int | None) -> torch.Tensor | None:
@@ -180,7 +179,7 @@ class StepMetadata:
             else:
                 q_pos = torch.arange(seg.start, seg.ctx_len, device=self.device)[:, None]
                 k_pos = torch.arange(width, device=self.device)[None, :]
-                mask = self._additive((k_pos <= q_pos) & (k_pos > q_pos - window))
+                mask = self._additive((k_pos > q_pos) | (k_pos <= q_pos - window))
             self._masks[key] = mask
         return self._masks[key]
 
@@ -201,9 +200,10 @@ class StepMetadata:
             self.scratch[key] = runs
         return runs[index]  # type: ignore[index]
 
-    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        # SDPA turns a bool mask into an additive one on every call; built once here, it serves every layer.
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, float("-inf"))
+    def _additive(self, masked: torch.Tensor) -> torch.Tensor:
+        """0 where attention is allowed, -inf where ``masked``. SDPA turns a bool mask into an additive one on
+        every call; built once here, it serves every layer."""
+        return torch.zeros(masked.shape, dtype=self.dtype, device=self.device).masked_fill_(masked, float("-inf"))
 
     def varlen(self) -> VarlenView:
         """The packed view for varlen kernels (built on first use)."""
