@@ -107,14 +107,10 @@ class PeerInflight:
         views: dict[str, tuple[float, Counts]] = {gw: v for gw, v in self.views.items()
                                                  if gw in self.pushed and now - v[0] < self.fresh_for}
         for gw, counts in everyone.items():
-            if gw == self.gateway_id:
+            if gw == self.gateway_id or gw in views:  # in ``views``: a fresh pushed view, which wins
                 continue
-            pushed = self.views.get(gw)
-            if gw in self.pushed and pushed is not None and now - pushed[0] < self.fresh_for:
-                views[gw] = pushed
-            else:
-                views[gw] = (now, counts)
-                self.pushed.discard(gw)
+            views[gw] = (now, counts)
+            self.pushed.discard(gw)
         self.views = views
         self.pushed &= views.keys()
         return self.remote()
