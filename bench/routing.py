@@ -158,7 +158,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         synth = PromptSynth(resolve_tokenizer_dir(args.tokenizer))
     from replicas.runners.cost_model import profile
 
-    fleet_kv = args.replicas * profile(args.sim_profile).kv_capacity_tokens()
+    cost = profile(args.sim_profile)
+    # The ideal-LRU bound of the fleet's whole prefix cache: device KV plus the host tier when there is one.
+    fleet_kv = args.replicas * (cost.kv_capacity_tokens() + args.host_kv_memory // cost.model.kv_bytes_per_token)
     for kind, value in levels(args):
         ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
                                    "rate": value if kind == "rate" else None})
@@ -193,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from bench.replay import add_workload_args
+    from foresight.units import byte_size
 
     p = subparsers.add_parser("routing", help="compare routing policies on one workload at rising rates")
     add_workload_args(p)
@@ -208,6 +211,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "compare routing without the gateway's load shedding")
     p.add_argument("--model", default="tiny", help="live: replica --model (its tokenizer builds the prompts)")
     p.add_argument("--sim-block-size", type=int, default=16, help="sim: KV block size of the simulated replicas")
+    p.add_argument("--host-kv-memory", type=byte_size, default=0,
+                   help="host-tier KV memory per replica (e.g. 200G; replica --host-kv-memory); default 0: none")
     p.add_argument("--name", default=None, help="results file stem under bench/results/")
     p.add_argument("--json", default=None)
     p.set_defaults(func=lambda a: (run(a), 0)[1])

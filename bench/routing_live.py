@@ -48,6 +48,8 @@ def run_live(args: argparse.Namespace, variant: Any, reqs: list, synth: Any) -> 
     with Fleet(log_dir) as fleet:
         redis_url = _redis(fleet) if args.gateways > 1 and not variant.external else None
         replica_extra = ["--redis", redis_url] if redis_url else []
+        if args.host_kv_memory:
+            replica_extra += ["--host-kv-memory", str(args.host_kv_memory)]
         replicas = fleet.replicas(args.replicas, args.sim_profile, args.model, replica_extra)
         urls = [r.url for r in replicas]
         if variant.external:

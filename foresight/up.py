@@ -21,6 +21,8 @@ import time
 import urllib.error
 import urllib.request
 
+from foresight.units import byte_size
+
 log = logging.getLogger("foresight.up")
 
 
@@ -87,6 +89,8 @@ def replica_cmd(args: argparse.Namespace, i: int, port: int, device: str) -> lis
         cmd += ["--device", device]
     if args.redis:
         cmd += ["--redis", args.redis]
+    if args.host_kv_memory:
+        cmd += ["--host-kv-memory", str(args.host_kv_memory)]
     return cmd
 
 
@@ -183,6 +187,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default=None, help="routing policy (default: the gateway's)")
     p.add_argument("--redis", default=None, help="Redis URL for shared state (default: in-memory)")
     p.add_argument("--admin-token", default=None, help="enable /admin/* with this token")
+    p.add_argument("--host-kv-memory", type=byte_size, default=0,
+                   help="per replica: host RAM for a second KV tier of evicted prefixes (e.g. 64G; default: none)")
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each replica")
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL at shutdown")
     p.set_defaults(func=run)

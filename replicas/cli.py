@@ -13,6 +13,7 @@ import signal
 
 from foresight.gc_tuning import freeze_startup_objects
 from foresight.hashing import DEFAULT_BLOCK_SIZE, DEFAULT_HASH_SEED
+from foresight.units import byte_size
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--priority-max-wait", type=float, default=30.0,
                    help="seconds after which a queued request goes before any with a lower priority (no starvation)")
     p.add_argument("--kv-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
-    p.add_argument("--kv-cache-memory", type=int, default=None, help="KV memory in bytes")
+    p.add_argument("--kv-cache-memory", type=byte_size, default=None, help="KV memory in bytes (e.g. 4G)")
+    p.add_argument("--host-kv-memory", type=byte_size, default=0,
+                   help="host RAM for a second KV tier that keeps prefixes evicted from the device (e.g. 200G; "
+                        "default 0: none)")
     p.add_argument("--hash-seed", default=DEFAULT_HASH_SEED, help="block hash root seed (same as the gateway)")
     p.set_defaults(func=run)
 
@@ -59,7 +63,8 @@ def config_from_args(args: argparse.Namespace):  # -> ReplicaConfig
         dtype=args.dtype, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
         max_batched_tokens=args.max_batched_tokens, max_model_len=args.max_model_len, max_waiting=args.max_waiting,
         priority_max_wait_s=args.priority_max_wait,
-        kv_blocks=args.kv_blocks, kv_cache_memory=args.kv_cache_memory, sim_profile=args.sim_profile,
+        kv_blocks=args.kv_blocks, kv_cache_memory=args.kv_cache_memory, host_kv_memory=args.host_kv_memory,
+        sim_profile=args.sim_profile,
         sim_output_mean=args.sim_output_mean, sim_seed=args.sim_seed, hash_seed=args.hash_seed,
         replica_id=args.replica_id, host=args.host, port=args.port, url=args.url, redis_url=args.redis,
         key_prefix=args.key_prefix,

@@ -27,6 +27,7 @@ class ReplicaConfig:
     priority_max_wait_s: float = 30.0  # a request queued this long goes before any with a lower priority
     kv_blocks: int | None = None  # override the KV pool size in blocks
     kv_cache_memory: int | None = None  # bytes of KV memory (used when kv_blocks is None)
+    host_kv_memory: int = 0  # bytes of host RAM for the second KV tier (evicted prefixes; 0: no tier)
     sim_profile: str = "h100-llama8b"  # sim runner: GPU + model profile of the cost model
     sim_output_mean: float = 256.0  # sim runner: mean output length (tokens) when nothing forces it
     sim_output_sigma: float = 0.8  # sim runner: log-normal sigma of that length
@@ -61,5 +62,7 @@ class ReplicaConfig:
             raise ValueError("max_num_seqs and max_batched_tokens must be positive")
         if self.max_model_len is not None and self.max_model_len <= 1:
             raise ValueError("max_model_len must be at least 2")
+        if self.host_kv_memory < 0:
+            raise ValueError("host_kv_memory must be zero or positive")
         if self.kv_blocks is not None and self.kv_blocks <= 0:
             raise ValueError("kv_blocks must be positive")

@@ -2,7 +2,8 @@
 
 Counters and histograms are fed by the engine's listener hooks; gauges are refreshed from the engine at
 scrape time. Prefix-cache effectiveness: ``foresight_replica_prefix_hit_tokens_total`` over
-``foresight_replica_prompt_tokens_total`` (both counted once per request, at its first admission).
+``foresight_replica_prompt_tokens_total`` (both counted once per request, at its first admission; hits include
+blocks loaded back from the host tier, whose traffic ``kv_offloaded_blocks``/``kv_loaded_blocks`` count).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class ReplicaMetrics:
         self.decode_step = Gauge(p + "decode_step_seconds", "Moving average of decode step duration", registry=r)
         self.gen_rate = Gauge(p + "generation_tokens_per_second", "Output tokens per second over the last 10 s",
                               registry=r)
+        self.kv_host_blocks = Gauge(p + "kv_host_blocks", "Host-tier KV blocks by state", ["state"], registry=r)
+        self.kv_offloaded = Counter(p + "kv_offloaded_blocks", "KV blocks copied from the device to the host tier",
+                                    registry=r)
+        self.kv_loaded = Counter(p + "kv_loaded_blocks", "KV blocks copied back from the host tier (prefix hits)",
+                                 registry=r)
+        self._counted = (0, 0)  # pool's (offloaded, loaded) at the last scrape
         self.events_seq = Gauge(p + "kv_events_seq", "Sequence number of the last KV event batch", registry=r)
         self._recent: deque[tuple[float, int]] = deque()
         engine.listeners.append(self)
@@ -102,6 +109,13 @@ class ReplicaMetrics:
         self.prefill_rate.set(e.prefill_tokens_per_s or 0.0)
         self.decode_step.set((e.decode_step_ms or 0.0) / 1e3)
         self.events_seq.set(e.publisher.seq)
+        if pool.host is not None:
+            self.kv_host_blocks.labels("cached").set(len(pool.host))
+            self.kv_host_blocks.labels("free").set(pool.host.num_slots - len(pool.host))
+            offloaded, loaded = self._counted
+            self.kv_offloaded.inc(pool.num_offloaded - offloaded)
+            self.kv_loaded.inc(pool.num_loaded - loaded)
+            self._counted = (pool.num_offloaded, pool.num_loaded)
         self._trim_recent(time.monotonic())
         self.gen_rate.set(sum(n for _, n in self._recent) / _GEN_RATE_WINDOW_S)
         return generate_latest(self.registry)

@@ -48,6 +48,7 @@ class SimConfig:
     estimator: str = "history"  # history (the gateway's fallback) | predictor (the learned one) | oracle
     drain_s: float = 900.0  # after the last arrival, unfinished requests count as failed
     kv_blocks: int | None = None
+    host_kv_memory: int = 0  # bytes of host-tier KV per replica (0: none)
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
     block_size: int = 16
@@ -92,8 +93,10 @@ class Cluster:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         cost = profile(cfg.profile)
+        host_blocks = cfg.host_kv_memory // (cost.model.kv_bytes_per_token * cfg.block_size)
         self.replicas = [SimReplica(f"r{i}", cost, block_size=cfg.block_size, kv_blocks=cfg.kv_blocks,
-                                    max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens)
+                                    host_blocks=host_blocks, max_num_seqs=cfg.max_num_seqs,
+                                    max_batched_tokens=cfg.max_batched_tokens)
                          for i in range(cfg.replicas)]
         self.policies = []
         self.views: list[list[ReplicaView]] = []

@@ -1,7 +1,8 @@
 """One simulated replica on the virtual clock: the real scheduler and block pool, steps timed by the cost model.
 
 ``SimReplica`` mirrors ``replicas.engine.Engine``'s step loop without its event loop: ``begin_step`` schedules a
-batch and returns its duration (``CostModel.step_time`` of the chunks, exactly what the simulated runner waits);
+batch and returns its duration (``CostModel.step_time`` of the chunks plus ``transfer_time`` of its host-tier
+copies, exactly what the simulated runner waits);
 ``end_step`` applies the step (computed tokens, cached blocks, one sampled token per sampling chunk, forced
 output lengths) and returns who got a first token and who finished. The load report and its moving averages follow
 ``Engine.load_report``/``Engine._account``.
@@ -33,11 +34,12 @@ def _event_dict(ev: BlockStored | BlockRemoved | AllBlocksCleared) -> dict[str, 
 
 class SimReplica:
     def __init__(self, replica_id: str, cost: CostModel, *, block_size: int = 16, max_num_seqs: int = 256,
-                 max_batched_tokens: int = 8192, kv_blocks: int | None = None, alpha: float = 0.2) -> None:
+                 max_batched_tokens: int = 8192, kv_blocks: int | None = None, host_blocks: int = 0,
+                 alpha: float = 0.2) -> None:
         self.id = replica_id
         self.cost = cost
         blocks = kv_blocks or max(1, cost.kv_capacity_tokens() // block_size)
-        self.pool = BlockPool(blocks, block_size)
+        self.pool = BlockPool(blocks, block_size, host_blocks=host_blocks)
         self.scheduler = Scheduler(self.pool, max_num_seqs, max_batched_tokens)
         self.busy = False
         self._batch: list[tuple[Request, int, bool]] = []
@@ -78,6 +80,9 @@ class SimReplica:
             return None
         self._batch = [(c.request, c.num_new_tokens, c.sample) for c in chunks]
         duration = self.cost.step_time((r.num_computed_tokens, n, s) for r, n, s in self._batch)
+        moved = sched.batch.transfers
+        if moved:
+            duration += self.cost.transfer_time((len(moved.offloads) + len(moved.loads)) * self.pool.block_size)
         prefill, decode = sched.token_split()
         a = self.alpha
         if prefill and duration > 0:
@@ -123,4 +128,6 @@ class SimReplica:
             "kv_blocks_cached": p.num_cached, "prefill_tokens_per_s": self.prefill_tokens_per_s,
             "decode_step_ms": self.decode_step_ms, "ts": now, "max_num_seqs": s.max_num_seqs,
             "max_batched_tokens": s.max_batched_tokens,
+            "kv_host_blocks_total": p.host.num_slots if p.host is not None else 0,
+            "kv_host_blocks_cached": p.num_host_cached,
         }

@@ -78,8 +78,8 @@ class ForesightPolicy(RoutingPolicy):
         if st is None:
             st = self.rates[r.id] = ReplicaState(self.prior_tps, self.prior_step_s, self.kv_capacity_tokens)
         if st.update(r.load, self.alpha, self.report_weight):
-            if st.kv_blocks_total:
-                self.matcher.set_replica_kv(r.id, st.kv_blocks_total * st.block_size)
+            if st.cache_blocks_total:
+                self.matcher.set_replica_kv(r.id, st.cache_blocks_total * st.block_size)
             # The fleet's rates, for replicas that have not measured their own yet (idle since they started):
             # a fixed prior would make every measured replica look faster or slower than the unmeasured ones.
             if st.tps_learned:

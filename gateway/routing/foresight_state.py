@@ -20,9 +20,8 @@ def _f(load: Mapping[str, Any], key: str) -> float:
 
 class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
-                 "kv_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen", "own_requests", "tps_learned",
-                 "step_learned",
-                 "own_prefill", "own_decode")
+                 "kv_blocks_total", "cache_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen",
+                 "own_requests", "tps_learned", "step_learned", "own_prefill", "own_decode")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
         self.prefill_tps = prefill_tps
@@ -35,6 +34,7 @@ class ReplicaState:
         self.step_learned = False
         self.block_size = 16
         self.kv_blocks_total = 0
+        self.cache_blocks_total = 0  # blocks of prefix cache: the device's plus the host tier's
         self.max_num_seqs = 0  # running requests at most (0: not reported)
         self._seen: object = None
         self._seen_ts: object = None
@@ -75,6 +75,7 @@ class ReplicaState:
             self.step_learned = True
         self.block_size = int(_f(load, "block_size")) or self.block_size
         self.kv_blocks_total = int(_f(load, "kv_blocks_total"))
+        self.cache_blocks_total = self.kv_blocks_total + int(_f(load, "kv_host_blocks_total"))
         self.waiting = report_weight * _f(load, "waiting_prompt_tokens")
         self.used = _f(load, "kv_blocks_used") * self.block_size
         self.capacity = self.kv_blocks_total * self.block_size or self.capacity

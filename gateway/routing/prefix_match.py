@@ -5,7 +5,8 @@
 - ``approx`` (default): character-chunk hash chains of the rendered prompt (``prefix_index_approx``) in a
   ``PrefixIndex`` recorded on dispatch and shared with peer gateways through the state store
   (``prefix_index_shared``). The per-replica LRU follows the replica's reported KV size when a load report gives
-  it (``kv_blocks_total * block_size`` tokens, in chunks at the observed characters per token).
+  it (``(kv_blocks_total + kv_host_blocks_total) * block_size`` tokens: device and host tier; in chunks at the
+  observed characters per token).
 - ``precise``: the replicas' own block ids from their KV events (``kv_events_consumer``), matched against the
   DESIGN.md section 2 hashes of the prompt's tokens (``prefix_index_precise``); needs ``tokenizer=PATH``.
 
@@ -69,7 +70,7 @@ class PrefixMatcher:
         for r in replicas:
             load = r.load
             if load is not None:
-                total = int(load.get("kv_blocks_total", 0) or 0)
+                total = int(load.get("kv_blocks_total", 0) or 0) + int(load.get("kv_host_blocks_total", 0) or 0)
                 if total:
                     self.set_replica_kv(r.id, total * int(load.get("block_size", self.block_size) or self.block_size))
 

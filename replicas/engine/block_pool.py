@@ -13,6 +13,12 @@ Allocation pops the queue head; popping a cached block evicts it (``BlockRemoved
 released tail first, so its tail blocks are evicted before its prefix. A prefix hit never covers the last
 token of a request: the step that samples the next token must compute at least one token.
 
+With a host tier (``host_blocks > 0``, ``host_tier.HostTier``), a cached block popped for reuse is offloaded to
+host memory instead of forgotten, and a prefix that continues past the device hits into host-held blocks is
+loaded back (``find_host_prefix``, then ``allocate(..., host=...)``). The copies are recorded in ``transfers``
+for the runner to execute before the step's forward pass. A host-held block is still this replica's cached
+content: only leaving the host tier emits ``BlockRemoved``, and the ``/kv/blocks`` snapshot lists both tiers.
+
 Invariants (``check_integrity``): used + cached + free == total; the queue holds exactly the ref-0 blocks;
 ref counts equal the number of block tables holding the block; the digest map and block digests agree.
 """
@@ -23,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from foresight.hashing import DEFAULT_HASH_SEED, block_id, chain_hashes
+from replicas.engine.host_tier import HostTier, Transfers
 from replicas.engine.kv_events import BlockRemoved, BlockStored, KVEvent
 from replicas.engine.request import Request
 
@@ -87,7 +94,7 @@ def cdiv(a: int, b: int) -> int:
 
 class BlockPool:
     def __init__(self, num_blocks: int, block_size: int = 16, hash_seed: Any = DEFAULT_HASH_SEED,
-                 extra: Any = None) -> None:
+                 extra: Any = None, host_blocks: int = 0) -> None:
         if num_blocks <= 0:
             raise ValueError("the pool needs at least one block")
         self.num_blocks = num_blocks
@@ -102,6 +109,10 @@ class BlockPool:
         self._hashes: dict[str, list[bytes]] = {}
         self._num_registered: dict[str, int] = {}  # leading blocks of a request already digested
         self.events: list[KVEvent] = []
+        self.host = HostTier(host_blocks) if host_blocks > 0 else None
+        self.transfers = Transfers()
+        self.num_offloaded = 0  # blocks copied to the host tier, ever
+        self.num_loaded = 0  # blocks copied back from it, ever
 
     # -- counts (DESIGN.md section 3) -------------------------------------------------------------------
     @property
@@ -111,6 +122,10 @@ class BlockPool:
     @property
     def num_cached(self) -> int:
         return self.num_cached_free
+
+    @property
+    def num_host_cached(self) -> int:
+        return len(self.host) if self.host is not None else 0
 
     @property
     def num_free(self) -> int:
@@ -141,15 +156,32 @@ class BlockPool:
             hits.append(block)
         return hits
 
-    def blocks_needed(self, req: Request, num_new_tokens: int, prefix: Sequence[Block] = ()) -> int:
-        computed = req.num_computed_tokens + len(prefix) * self.block_size
-        held = len(self._tables.get(req.request_id, ())) + len(prefix)
-        return max(0, cdiv(computed + num_new_tokens, self.block_size) - held)
+    def find_host_prefix(self, req: Request, start: int) -> list[bytes]:
+        """Digests of the blocks after the first ``start`` (the device hits) that continue the prefix in the host
+        tier; empty without one. Same last-token rule as ``find_prefix``."""
+        if self.host is None:
+            return []
+        max_blocks = (req.num_tokens - 1) // self.block_size
+        found: list[bytes] = []
+        for digest in self.request_hashes(req)[start:max_blocks]:
+            if digest not in self.host:
+                break
+            found.append(digest)
+        return found
 
-    def allocate(self, req: Request, num_new_tokens: int, prefix: Sequence[Block] = ()) -> bool:
+    def blocks_needed(self, req: Request, num_new_tokens: int, prefix: Sequence[Block] = (), loads: int = 0) -> int:
+        """Fresh blocks for ``num_new_tokens`` after ``prefix`` and ``loads`` host blocks (which take one each)."""
+        hits = len(prefix) + loads
+        computed = req.num_computed_tokens + hits * self.block_size
+        held = len(self._tables.get(req.request_id, ())) + hits
+        return max(0, cdiv(computed + num_new_tokens, self.block_size) - held) + loads
+
+    def allocate(self, req: Request, num_new_tokens: int, prefix: Sequence[Block] = (),
+                 host: Sequence[bytes] = ()) -> bool:
         """Give ``req`` blocks for ``num_new_tokens`` more tokens (after ``prefix``, a ``find_prefix`` result
-        taken while ``req`` holds nothing). Returns False, changing nothing, when the pool is short."""
-        need = self.blocks_needed(req, num_new_tokens, prefix)
+        taken while ``req`` holds nothing, and ``host``, a ``find_host_prefix`` result loaded into fresh blocks).
+        Returns False, changing nothing, when the pool is short."""
+        need = self.blocks_needed(req, num_new_tokens, prefix, len(host))
         revived = sum(1 for b in prefix if b.ref_cnt == 0)
         if need > len(self.free_queue) - revived:
             return False
@@ -160,23 +192,73 @@ class BlockPool:
                 self.num_cached_free -= 1
             b.ref_cnt += 1
             table.append(b)
-        if prefix:
-            self._num_registered[req.request_id] = len(table)
+        # Taken before any eviction below can offload into the host tier and push these digests out of it.
+        slots = [self.host.take(d) for d in host] if self.host is not None else []
         removed: list[int] = []
-        for _ in range(need):
+        for i in range(need):
             b = self.free_queue.popleft()
             if b.digest is not None:
-                removed.append(block_id(b.digest))
-                del self.cached[b.digest]
-                b.digest = None
-                self.num_cached_free -= 1
+                self._evict(b, removed)
             b.ref_cnt = 1
             table.append(b)
+            if i < len(slots):  # a host hit: its content comes back into this block before the forward pass
+                b.digest = host[i]
+                self.cached[b.digest] = b
+                self.transfers.loads.append((slots[i], b.idx))
+        self.num_loaded += len(slots)
+        if prefix or host:
+            self._num_registered[req.request_id] = len(prefix) + len(host)  # ``req`` held nothing before
         if removed:
             self.events.append(BlockRemoved(removed))
         if need or prefix or len(req.block_ids) != len(table):
             req.block_ids = [b.idx for b in table]
         return True
+
+    def _evict(self, b: Block, removed: list[int]) -> None:
+        """Take reusable content out of the ref-0 block ``b``: to the host tier when there is one, else gone."""
+        digest = b.digest
+        assert digest is not None
+        del self.cached[digest]
+        b.digest = None
+        self.num_cached_free -= 1
+        stored = self.host.put(digest) if self.host is not None else None
+        if stored is None:
+            removed.append(block_id(digest))
+            return
+        slot, pushed_out = stored
+        self.transfers.offloads.append((b.idx, slot))
+        self.num_offloaded += 1
+        if pushed_out is not None:
+            removed.append(block_id(pushed_out))
+
+    # -- steps ------------------------------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """The previous step (and its transfers) has run: host slots it loaded from are free again."""
+        if self.host is not None:
+            self.host.release_pending()
+
+    def take_transfers(self) -> Transfers | None:
+        """The copies recorded since the last call, for the step about to run (None when there are none)."""
+        if not self.transfers:
+            return None
+        out, self.transfers = self.transfers, Transfers()
+        return out
+
+    def forget_loaded(self, transfers: Transfers | None) -> None:
+        """A step failed before its loads surely ran: the loaded blocks' content is not to be trusted."""
+        if transfers is None:
+            return
+        removed: list[int] = []
+        for _, idx in transfers.loads:
+            b = self.blocks[idx]
+            if b.digest is not None and self.cached.get(b.digest) is b:
+                removed.append(block_id(b.digest))
+                del self.cached[b.digest]
+                b.digest = None
+                if b.ref_cnt == 0:
+                    self.num_cached_free -= 1
+        if removed:
+            self.events.append(BlockRemoved(removed))
 
     def cache_full_blocks(self, req: Request) -> None:
         """Register the request's computed full blocks under their digests (``BlockStored``)."""
@@ -195,6 +277,8 @@ class BlockPool:
             if b.digest is not None or digest in self.cached:
                 stored = None  # already registered (a hit), or the same content sits in another block
                 continue
+            if self.host is not None and digest in self.host:
+                self.host.discard(digest)  # computed here again meanwhile: tiers stay exclusive
             b.digest = digest
             self.cached[digest] = b
             if stored is None:
@@ -224,8 +308,10 @@ class BlockPool:
         return events
 
     def cached_block_hashes(self) -> list[int]:
-        """The 64-bit ids of every block holding reusable content (used or not): the /kv/blocks snapshot."""
-        return [block_id(d) for d in self.cached]
+        """The 64-bit ids of every block holding reusable content (used or not, either tier): the /kv/blocks
+        snapshot."""
+        host = self.host.lru if self.host is not None else ()
+        return [block_id(d) for d in self.cached] + [block_id(d) for d in host]
 
     def table(self, request_id: str) -> list[Block]:
         return list(self._tables.get(request_id, ()))
@@ -251,6 +337,9 @@ class BlockPool:
         free = sum(1 for b in self.blocks if b.ref_cnt == 0 and b.digest is None)
         assert used == self.num_used and cached == self.num_cached, "counters out of step"
         assert used + cached + free == self.num_blocks, "free + cached + used != total"
+        if self.host is not None:
+            self.host.check_integrity()
+            assert not any(d in self.cached for d in self.host.lru), "a digest in both tiers"
         for rid, table in self._tables.items():
             hashes = self._hashes.get(rid, [])
             for i, b in enumerate(table[: self._num_registered.get(rid, 0)]):

@@ -110,7 +110,8 @@ class Engine:
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_model_len = cfg.max_model_len or getattr(runner, "max_model_len", None) or 4096
-        self.pool = BlockPool(runner.kv_capacity_blocks(cfg.block_size), cfg.block_size, cfg.hash_seed)
+        self.pool = BlockPool(runner.kv_capacity_blocks(cfg.block_size), cfg.block_size, cfg.hash_seed,
+                              host_blocks=runner.host_kv_capacity_blocks(cfg.block_size))
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_batched_tokens, cfg.priority_max_wait_s)
         self.publisher = publisher or KVEventPublisher(cfg.replica_id)
         self.publisher.emit([AllBlocksCleared()])  # seq 1 of every epoch: the replica starts empty
@@ -259,6 +260,7 @@ class Engine:
                     handle = self._handles.get(c.request.request_id)
                     if handle is not None and not c.request.is_finished:
                         self._finish(handle, RequestStatus.FINISHED_ABORTED, error=f"runner failure: {exc}")
+                self.pool.forget_loaded(batch.transfers)
                 tokens = None
             finally:
                 self._in_step = set()
@@ -362,6 +364,9 @@ class Engine:
             "max_num_seqs": self.cfg.max_num_seqs, "max_batched_tokens": self.cfg.max_batched_tokens,
             "kv_events_epoch": self.publisher.epoch, "kv_events_seq": self.publisher.seq,
             "runner": self.runner.name,
+            # Beyond DESIGN.md section 3: the host tier (prefixes the replica reloads instead of recomputing).
+            "kv_host_blocks_total": p.host.num_slots if p.host is not None else 0,
+            "kv_host_blocks_cached": p.num_host_cached,
         }
 
     def kv_snapshot(self) -> dict[str, Any]:

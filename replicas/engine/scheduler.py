@@ -3,9 +3,9 @@
 Running requests first (oldest first), then waiting ones: each scheduled request advances its computed
 tokens toward its total (``Request.num_tokens``), which covers chunked prefill (a prompt larger than the
 remaining budget gets a chunk of it), decode (one token) and prefix hits (a newly admitted request starts
-from its cached prefix) alike. When the pool runs out of blocks for a running request, the newest running
-request is preempted: its blocks are freed (their content stays cached until evicted) and it goes back to
-the head of the waiting queue, to be recomputed later. No request is admitted in a step that preempted.
+from its cached prefix, on the device or loaded back from the pool's host tier) alike. When the pool runs out
+of blocks for a running request, the newest running request is preempted: its blocks are freed (their content
+stays cached until evicted) and it goes back to the head of the waiting queue, to be recomputed later. No request is admitted in a step that preempted.
 
 Admission order: preempted requests first, then by ``Request.priority`` (lower first, as vLLM's; default 0; the
 gateway sends its predicted work, so shortest predicted job first), equal priorities in arrival order (FIFO). A
@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from replicas.engine.block_pool import BlockPool, cdiv
+from replicas.engine.block_pool import Block, BlockPool, cdiv
 from replicas.engine.request import Request, RequestStatus
 from replicas.runners.base import ScheduledChunk, StepBatch
 
@@ -117,6 +117,7 @@ class Scheduler:
         """The next step's batch; ``now`` is the clock of ``Request.arrival_time`` (default ``time.monotonic()``;
         a simulation passes its virtual time)."""
         now = time.monotonic() if now is None else now
+        self.pool.begin_step()
         budget = self.max_batched_tokens
         out = SchedulerOutput(StepBatch([]))
         bs = self.pool.block_size
@@ -147,13 +148,17 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             pick = self._next_waiting(now)
             req = self.waiting[pick]
-            prefix = self.pool.find_prefix(req) if req.num_computed_tokens == 0 else []
-            hit = len(prefix) * bs
+            prefix: list[Block] = []
+            host: list[bytes] = []
+            if req.num_computed_tokens == 0:
+                prefix = self.pool.find_prefix(req)
+                host = self.pool.find_host_prefix(req, len(prefix))
+            hit = (len(prefix) + len(host)) * bs
             num_new = min(req.num_tokens - req.num_computed_tokens - hit, budget)
             if cdiv(req.num_computed_tokens + hit + num_new, bs) > self.pool.num_blocks:
                 out.unfittable.append(self._take_waiting(pick))
                 continue
-            if not self.pool.allocate(req, num_new, prefix):
+            if not self.pool.allocate(req, num_new, prefix, host):
                 break  # nothing overtakes the request whose turn it is
             self._take_waiting(pick)
             if req.status == RequestStatus.WAITING:  # first admission (not a preempted one coming back)
@@ -164,6 +169,7 @@ class Scheduler:
             self.running.append(req)
             out.batch.chunks.append(ScheduledChunk(req, num_new, req.num_computed_tokens + num_new == req.num_tokens))
             budget -= num_new
+        out.batch.transfers = self.pool.take_transfers()
         return out
 
     def waiting_tokens(self) -> int:

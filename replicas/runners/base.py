@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from replicas.engine.host_tier import Transfers
 from replicas.engine.request import Request
 
 
@@ -29,7 +30,10 @@ class ScheduledChunk:
 
 @dataclass
 class StepBatch:
+    """One step: the chunks to compute and, first, the KV copies between device and host tier (if any)."""
+
     chunks: list[ScheduledChunk]
+    transfers: Transfers | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -45,8 +49,9 @@ class ModelRunner(ABC):
 
     - ``kv_capacity_blocks(block_size)`` is called once at start; the engine's block pool has that many blocks
       and never hands out an index outside ``[0, capacity)``.
-    - ``execute(batch)`` runs one step and returns, per chunk in order, the sampled token id (or None where
-      ``chunk.sample`` is False). It must not block the event loop (run device work in a worker thread, or
+    - ``execute(batch)`` first runs ``batch.transfers`` when set (every offload, device block to host slot, then
+      every load, host slot to device block), then one step, and returns, per chunk in order, the sampled token
+      id (or None where ``chunk.sample`` is False). It must not block the event loop (run device work in a worker thread, or
       sleep asynchronously); the engine calls it with one batch at a time.
     - ``release(request_id)`` drops any per-request state (seeded RNGs, detokenizer state) once the request
       has finished or was aborted; preemption does not call it.
@@ -56,6 +61,10 @@ class ModelRunner(ABC):
 
     @abstractmethod
     def kv_capacity_blocks(self, block_size: int) -> int: ...
+
+    def host_kv_capacity_blocks(self, block_size: int) -> int:
+        """Blocks of the host-memory KV tier (0: none). Called once at start, after ``kv_capacity_blocks``."""
+        return 0
 
     @abstractmethod
     async def execute(self, batch: StepBatch) -> list[int | None]: ...

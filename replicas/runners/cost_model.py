@@ -10,6 +10,7 @@ A step computes, for each scheduled chunk, ``n`` new tokens at positions ``c .. 
   (``kv_bytes_per_token * (c + n)`` per chunk) + the KV written (``kv_bytes_per_token * n``).
 - time = ``overhead + max(FLOPs / (peak_flops * mfu), bytes / (bandwidth * mbu))``: a roofline, so a
   prefill-heavy step is compute bound and a decode step memory bound, with sustained (not peak) fractions.
+- KV copies to and from the host tier (``transfer_time``) cross the PCIe link and add to the step.
 
 The numbers (peak dense BF16 FLOP/s, HBM bandwidth and size) are the public datasheet values; the sustained
 fractions are typical of vLLM-class engines (prefill ~50% of peak, decode ~80% of bandwidth).
@@ -27,6 +28,7 @@ class GPUSpec:
     peak_flops: float  # dense BF16 FLOP/s
     mem_bandwidth: float  # bytes/s
     mem_bytes: float
+    host_link_bandwidth: float = 64e9  # bytes/s one way, PCIe Gen5 x16 (the host-tier KV copies)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class CostModel:
     mfu: float = 0.5  # sustained fraction of peak FLOP/s
     mbu: float = 0.8  # sustained fraction of memory bandwidth
     overhead_s: float = 0.0015  # fixed per-step cost: scheduling, launch, sampling, host work
+    link_util: float = 0.8  # sustained fraction of the host link's bandwidth
     gpu_memory_utilization: float = 0.9
     activation_reserve_bytes: float = 2e9
 
@@ -107,6 +110,11 @@ class CostModel:
         compute = self.step_flops(chunks) / (self.gpu.peak_flops * self.mfu)
         memory = self.step_bytes(chunks) / (self.gpu.mem_bandwidth * self.mbu)
         return self.overhead_s + max(compute, memory)
+
+    def transfer_time(self, num_tokens: int) -> float:
+        """Seconds to copy the KV of ``num_tokens`` tokens between device and host memory (added to the step,
+        not overlapped with it: an upper bound of what an engine that streams loads layer by layer pays)."""
+        return num_tokens * self.model.kv_bytes_per_token / (self.gpu.host_link_bandwidth * self.link_util)
 
     # -- predictions used by benchmarks, tests and load-report priors ---------------------------------
     def prefill_time(self, num_tokens: int, cached: int = 0, chunk: int = 8192) -> float:

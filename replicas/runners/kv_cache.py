@@ -85,3 +85,38 @@ class PagedKVCache:
         shape = (*blocks.shape[:-1], -1, self.layout.kv_heads, self.layout.head_dim)
         return (self.keys[layer].index_select(0, flat).view(shape),
                 self.values[layer].index_select(0, flat).view(shape))
+
+
+class HostKVCache:
+    """The host tier's bytes: ``num_slots`` blocks of K/V per layer in host memory (pinned when the device is a
+    GPU, so copies run at full PCIe speed). Slots are numbered by ``replicas.engine.host_tier.HostTier``."""
+
+    def __init__(self, layout: KVLayout, num_slots: int, pin: bool = False) -> None:
+        if num_slots <= 0:
+            raise ValueError(f"the host KV tier needs at least one slot, got {num_slots}")
+        self.layout = layout
+        self.num_slots = num_slots
+        shape = (num_slots, layout.block_size, layout.kv_heads, layout.head_dim)
+        self.keys = [torch.zeros(shape, dtype=layout.dtype, pin_memory=pin) for _ in range(layout.num_layers)]
+        self.values = [torch.zeros(shape, dtype=layout.dtype, pin_memory=pin) for _ in range(layout.num_layers)]
+
+    def run(self, cache: PagedKVCache, offloads: list[tuple[int, int]], loads: list[tuple[int, int]]) -> None:
+        """Copy device blocks to host slots (``offloads``: ``(block, slot)``), then host slots to device blocks
+        (``loads``: ``(slot, block)``); that order lets a load read a slot the same step offloaded into."""
+        dev = cache.device
+        if offloads:
+            blocks = torch.tensor([b for b, _ in offloads], dtype=torch.long, device=dev)
+            slots = torch.tensor([s for _, s in offloads], dtype=torch.long)
+            for layer in range(self.layout.num_layers):
+                self.keys[layer].index_copy_(0, slots, cache.keys[layer].index_select(0, blocks).cpu())
+                self.values[layer].index_copy_(0, slots, cache.values[layer].index_select(0, blocks).cpu())
+        if loads:
+            slots = torch.tensor([s for s, _ in loads], dtype=torch.long)
+            blocks = torch.tensor([b for _, b in loads], dtype=torch.long, device=dev)
+            for layer in range(self.layout.num_layers):
+                cache.keys[layer].index_copy_(0, blocks, self.keys[layer].index_select(0, slots).to(dev))
+                cache.values[layer].index_copy_(0, blocks, self.values[layer].index_select(0, slots).to(dev))
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_slots * self.layout.bytes_per_block

@@ -10,6 +10,8 @@ gap is never credited to the next step; the first step after idle starts at the 
 request: the server's own host work before it (body parsing, prompt hashing, scheduling) is the simulator's,
 not the simulated GPU's, so it is absorbed up to ``max_lag_s`` like any other lateness.
 
+Host-tier KV copies (``StepBatch.transfers``) add ``CostModel.transfer_time`` of the blocks moved to the step.
+
 Output: a request emits tokens of a fixed text corpus from a random offset; it ends with EOS after a
 log-normal number of tokens (mean ``sim_output_mean``), unless ``ignore_eos``. The engine stops it exactly
 at ``SamplingParams.forced_output_tokens`` (the ``X-Sim-Output-Tokens`` header) or at ``max_tokens``.
@@ -62,13 +64,16 @@ class SimRunner(ModelRunner):
     name = "sim"
 
     def __init__(self, cost: CostModel, tokenizer: ReplicaTokenizer, *, kv_blocks: int | None = None,
-                 kv_cache_memory: int | None = None, output_mean: float = 256.0, output_sigma: float = 0.8,
+                 kv_cache_memory: int | None = None, host_kv_memory: int = 0, output_mean: float = 256.0,
+                 output_sigma: float = 0.8,
                  seed: int = 0, max_lag_s: float = 0.05, profile_name: str = "") -> None:
         self.cost = cost
         self.tokenizer = tokenizer
         self.profile_name = profile_name
         self._kv_blocks = kv_blocks
         self._kv_cache_memory = kv_cache_memory
+        self._host_kv_memory = host_kv_memory
+        self._block_size = 16  # set by kv_capacity_blocks
         self.output_mean = output_mean
         self.output_sigma = output_sigma
         self.seed = seed
@@ -89,7 +94,8 @@ class SimRunner(ModelRunner):
         from replicas.models import resolve_model
 
         return cls(profile(cfg.sim_profile), load_tokenizer(resolve_model(cfg.model)), kv_blocks=cfg.kv_blocks,
-                   kv_cache_memory=cfg.kv_cache_memory, output_mean=cfg.sim_output_mean,
+                   kv_cache_memory=cfg.kv_cache_memory, host_kv_memory=cfg.host_kv_memory,
+                   output_mean=cfg.sim_output_mean,
                    output_sigma=cfg.sim_output_sigma, seed=cfg.sim_seed, profile_name=cfg.sim_profile)
 
     @property
@@ -97,11 +103,15 @@ class SimRunner(ModelRunner):
         return self.cost.model.max_model_len
 
     def kv_capacity_blocks(self, block_size: int) -> int:
+        self._block_size = block_size
         if self._kv_blocks is not None:
             return self._kv_blocks
         if self._kv_cache_memory is not None:
             return max(1, self._kv_cache_memory // (self.cost.model.kv_bytes_per_token * block_size))
         return max(1, self.cost.kv_capacity_tokens() // block_size)
+
+    def host_kv_capacity_blocks(self, block_size: int) -> int:
+        return self._host_kv_memory // (self.cost.model.kv_bytes_per_token * block_size)
 
     def _state(self, request_id: str, sampling: Any) -> _SimState:
         st = self._states.get(request_id)
@@ -118,6 +128,9 @@ class SimRunner(ModelRunner):
     async def execute(self, batch: StepBatch) -> list[int | None]:
         chunks = [(c.request.num_computed_tokens, c.num_new_tokens, c.sample) for c in batch.chunks]
         duration = self.cost.step_time(chunks)
+        if batch.transfers:
+            moved = len(batch.transfers.offloads) + len(batch.transfers.loads)
+            duration += self.cost.transfer_time(moved * self._block_size)
         now = time.monotonic()
         if self._clock is None:
             # From idle: the host work since the earliest arrival (parsing, hashing, scheduling) is absorbed

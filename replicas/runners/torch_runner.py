@@ -26,7 +26,7 @@ from replicas.engine.request import Request, SamplingParams
 from replicas.runners.base import ModelRunner, StepBatch
 from replicas.runners.decode_reuse import DecodeReference
 from replicas.runners.kernel_choice import choose_kernel
-from replicas.runners.kv_cache import KVLayout, PagedKVCache
+from replicas.runners.kv_cache import HostKVCache, KVLayout, PagedKVCache
 from replicas.runners.paged_attention import ATTN_NAME, STEP_KWARG, PagedStep
 from replicas.runners.sampling import Sampler
 from replicas.runners.step_metadata import SeqSpan, StepMetadata
@@ -76,7 +76,7 @@ class TorchRunner(ModelRunner):
     name = "torch"
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "auto", attention_kernel: str = "auto",
-                 kv_blocks: int | None = None, kv_cache_memory: int | None = None,
+                 kv_blocks: int | None = None, kv_cache_memory: int | None = None, host_kv_memory: int = 0,
                  gpu_memory_fraction: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256,
                  inline_max_tokens: int | None = None, inline_max_step_s: float = 0.02) -> None:
         from transformers import AutoModelForCausalLM
@@ -91,6 +91,8 @@ class TorchRunner(ModelRunner):
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self.attention_kernel = attention_kernel
         self.kv_blocks, self.kv_cache_memory = kv_blocks, kv_cache_memory
+        self.host_kv_memory = host_kv_memory
+        self.host_cache: HostKVCache | None = None
         self.gpu_memory_fraction = gpu_memory_fraction
         self.max_batched_tokens, self.max_num_seqs = max_batched_tokens, max_num_seqs
         self.sampler = Sampler(self.device)
@@ -113,7 +115,7 @@ class TorchRunner(ModelRunner):
         extra = cfg.extra or {}
         return cls(str(resolve_model(cfg.model)), device=cfg.device, dtype=cfg.dtype,
                    attention_kernel=str(extra.get("attention_kernel", "auto")), kv_blocks=cfg.kv_blocks,
-                   kv_cache_memory=cfg.kv_cache_memory,
+                   kv_cache_memory=cfg.kv_cache_memory, host_kv_memory=cfg.host_kv_memory,
                    gpu_memory_fraction=float(extra.get("gpu_memory_fraction", 0.9)),  # type: ignore[arg-type]
                    max_batched_tokens=cfg.max_batched_tokens, max_num_seqs=cfg.max_num_seqs)
 
@@ -137,6 +139,14 @@ class TorchRunner(ModelRunner):
         log.info("torch runner: %s on %s (%s), kernel %s, %d KV blocks (%.1f MiB)", self.model_path, self.device,
                  self.dtype, self.kernel.name, num_blocks, self.cache.nbytes / 2**20)
         return num_blocks
+
+    def host_kv_capacity_blocks(self, block_size: int) -> int:
+        assert self.cache is not None, "kv_capacity_blocks must be called first"
+        slots = self.cache.layout.blocks_for_bytes(self.host_kv_memory)
+        if slots and self.host_cache is None:
+            self.host_cache = HostKVCache(self.cache.layout, slots, pin=self.device.type == "cuda")
+            log.info("torch runner: host KV tier of %d blocks (%.1f MiB)", slots, self.host_cache.nbytes / 2**20)
+        return self.host_cache.num_slots if self.host_cache is not None else 0
 
     def _cuda_blocks(self, layout: KVLayout) -> int:
         """Warm up with the largest step on a scratch cache, then size the pool from what is free."""
@@ -273,8 +283,20 @@ class TorchRunner(ModelRunner):
             results[index] = token
         return results
 
+    def run_transfers(self, batch: StepBatch) -> None:
+        """The step's KV copies between the device and the host tier, before its forward pass."""
+        t = batch.transfers
+        if t:
+            assert self.host_cache is not None and self.cache is not None, "transfers without a host tier"
+            with torch.inference_mode():
+                self.host_cache.run(self.cache, t.offloads, t.loads)
+
+    def _transfer_and_run(self, batch: StepBatch, step: PackedStep) -> list[int | None]:
+        self.run_transfers(batch)
+        return self.run_step(step)
+
     def execute_sync(self, batch: StepBatch) -> list[int | None]:
-        return self.run_step(self.pack(batch))
+        return self._transfer_and_run(batch, self.pack(batch))
 
     async def execute(self, batch: StepBatch) -> list[int | None]:
         small = batch.num_tokens <= self.inline_max_tokens
@@ -284,9 +306,9 @@ class TorchRunner(ModelRunner):
         step = self.pack(batch)
         t0 = time.perf_counter()
         if inline:
-            out = self.run_step(step)
+            out = self._transfer_and_run(batch, step)
         else:
-            out = await asyncio.get_running_loop().run_in_executor(self._executor, self.run_step, step)
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, self._transfer_and_run, batch, step)
         if small:
             took = time.perf_counter() - t0
             self.small_step_s = took if self.small_step_s is None else 0.8 * self.small_step_s + 0.2 * took
@@ -302,6 +324,8 @@ class TorchRunner(ModelRunner):
         if self.cache is not None:
             info.update(kv_blocks=self.cache.num_blocks, block_size=self.cache.layout.block_size,
                         kv_cache_bytes=self.cache.nbytes)
+        if self.host_cache is not None:
+            info.update(host_kv_blocks=self.host_cache.num_slots, host_kv_bytes=self.host_cache.nbytes)
         return info
 
     def close(self) -> None:

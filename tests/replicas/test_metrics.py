@@ -34,3 +34,29 @@ def test_unscraped_rate_window_is_bounded(metrics: ReplicaMetrics, monkeypatch: 
     body = metrics.render().decode()
     rate = next(line for line in body.splitlines() if line.startswith("foresight_replica_generation_tokens_per_second"))
     assert float(rate.split()[-1]) == pytest.approx(400.0, rel=0.01)  # 4 tokens per 10 ms
+
+
+def test_host_tier_state_and_traffic_are_exposed(tiny_model_dir: Path) -> None:
+    from replicas.engine.request import Request, SamplingParams
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = ReplicaConfig(model=str(tiny_model_dir), kv_blocks=2, host_kv_memory=1)
+    runner = SimRunner(profile("h200-llama8b"), tok, kv_blocks=2)
+    engine = Engine(cfg, runner, tok, publisher=KVEventPublisher(cfg.replica_id, None, cfg.key_prefix))
+    assert engine.pool.host is None and engine.load_report()["kv_host_blocks_total"] == 0
+    runner = SimRunner(profile("h200-llama8b"), tok, kv_blocks=2, host_kv_memory=10**9)
+    engine = Engine(cfg, runner, tok, publisher=KVEventPublisher(cfg.replica_id, None, cfg.key_prefix))
+    metrics = ReplicaMetrics(engine)
+    pool = engine.pool
+    for i in range(2):  # the second request's blocks evict the first's cached ones to the host tier
+        req = Request(f"q{i}", [i * 100 + k for k in range(32)], SamplingParams())
+        assert pool.allocate(req, 32)
+        req.num_computed_tokens = 32
+        pool.cache_full_blocks(req)
+        pool.free(req)
+    report = engine.load_report()
+    assert report["kv_host_blocks_total"] == pool.host.num_slots > 0 and report["kv_host_blocks_cached"] == 2
+    body = metrics.render().decode()
+    assert 'foresight_replica_kv_host_blocks{state="cached"} 2.0' in body
+    assert "foresight_replica_kv_offloaded_blocks_total 2.0" in body
+    assert "foresight_replica_kv_loaded_blocks_total 0.0" in body

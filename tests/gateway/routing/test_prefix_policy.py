@@ -119,3 +119,17 @@ def test_smallest_tree_variant_sends_misses_to_the_emptiest_index() -> None:
     replicas[int(other[1])].local = InflightCounts(3)  # busier, but it holds nothing
     decision = policy.rank(req("b" * 4000), replicas)
     assert decision.ranked[0] == other and "smallest_tree" in decision.reason
+
+
+def test_index_follows_device_plus_host_tier_capacity() -> None:
+    """A replica with a host KV tier keeps far more prefixes than its device holds: the approximate index of both
+    cache-aware policies is sized to the sum."""
+    for name in ("prefix", "foresight"):
+        policy = create_policy(name, PolicyContext("gw", options={}))
+        load = {"block_size": 16, "kv_blocks_total": 100, "kv_host_blocks_total": 300, "ts": 1.0}
+        device_only = {"block_size": 16, "kv_blocks_total": 100, "ts": 1.0}
+        replicas = [ReplicaView("r0", "http://r0", ("m",), load=load),
+                    ReplicaView("r1", "http://r1", ("m",), load=device_only)]
+        policy.rank(req(SYSTEM), replicas)
+        cap = policy.matcher.index.capacity
+        assert cap["r0"] == 4 * cap["r1"] == int(400 * 16 * 4.0 / 128), (name, cap)

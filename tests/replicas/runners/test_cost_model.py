@@ -40,3 +40,10 @@ def test_cached_prefix_cuts_prefill_in_proportion() -> None:
 
 def test_kv_capacity_follows_memory() -> None:
     assert profile("h200-qwen32b").kv_capacity_tokens() > 5 * profile("h100-qwen32b").kv_capacity_tokens() > 0
+
+
+def test_host_transfer_is_linear_and_far_cheaper_than_recomputing() -> None:
+    c = profile("h100-llama8b")
+    assert c.transfer_time(2048) == pytest.approx(2 * c.transfer_time(1024))
+    # Loading 8k tokens of prefix back over PCIe must beat prefilling them several times over: the tier's point.
+    assert c.prefill_time(8192) > 5 * c.transfer_time(8192)

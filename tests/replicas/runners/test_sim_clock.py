@@ -50,3 +50,19 @@ async def test_busy_steps_chain_on_the_virtual_clock(runner: SimRunner) -> None:
     arrival = time.monotonic()
     await runner.execute(_batch(arrival, prompt=16))
     assert runner.steps[-1].start == arrival  # an idle gap is never credited
+
+
+async def test_host_tier_copies_add_their_transfer_time(tiny_model_dir: Path) -> None:
+    from replicas.engine.host_tier import Transfers
+
+    cost = profile("h100-llama8b")
+    runner = SimRunner(cost, load_tokenizer(tiny_model_dir), kv_blocks=256, host_kv_memory=10**9)
+    runner.kv_capacity_blocks(16)
+    assert runner.host_kv_capacity_blocks(16) == 10**9 // (cost.model.kv_bytes_per_token * 16)
+    plain = _batch(time.monotonic(), prompt=64)
+    await runner.execute(plain)
+    moved = _batch(time.monotonic(), prompt=64)
+    moved.transfers = Transfers(offloads=[(1, 0), (2, 1)], loads=[(0, 3)])
+    await runner.execute(moved)
+    extra = runner.steps[-1].duration - runner.steps[-2].duration
+    assert extra == pytest.approx(cost.transfer_time(3 * 16))

@@ -125,3 +125,39 @@ async def test_continuous_batching_is_token_identical_to_generate(tiny_model_dir
     assert any(len(p) > cfg.max_batched_tokens for p in prompts), "no prompt needed chunked prefill"
     assert sum(1 for n in cached.values() if n > 0) >= 4, "the shared prefixes were never served from the cache"
     assert runner.reused_steps > 0, "no steady decode step reused the previous packing"
+
+
+@pytest.mark.slow
+async def test_prefixes_reloaded_from_the_host_tier_are_token_identical(tiny_model_dir: Path) -> None:
+    """A device pool too small to keep any finished prompt: every shared prefix comes back from the host tier,
+    and the greedy outputs still equal ``model.generate``."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rng = random.Random(11)
+    vocab = tokenizer.vocab_size
+    stems = [[rng.randrange(3, vocab) for _ in range(37)] for _ in range(3)]
+    prompts = [stems[i % 3] + [rng.randrange(3, vocab) for _ in range(1 + i % 5)] for i in range(9)]
+    lengths = [4 + i % 3 for i in range(len(prompts))]
+    cfg = ReplicaConfig(model=str(tiny_model_dir), runner="torch", kv_blocks=4, max_num_seqs=1,
+                        max_batched_tokens=64, host_kv_memory=16 * 2**20)
+    runner = TorchRunner.from_config(cfg)
+    engine = Engine(cfg, runner, tokenizer)
+    results: list[list[int]] = []
+    cached: list[int] = []
+    try:
+        await engine.start()
+        for prompt, n in zip(prompts, lengths, strict=True):  # one at a time: each evicts the one before
+            tokens: list[int] = []
+            async for out in engine.generate(prompt, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)):
+                assert out.error is None, out.error
+                tokens.extend(out.new_token_ids)
+                cached_tokens = out.num_cached_tokens
+            results.append(tokens)
+            cached.append(cached_tokens)
+    finally:
+        await engine.stop()
+        runner.close()
+
+    assert results == reference_outputs(tiny_model_dir, prompts, lengths)
+    assert engine.pool.num_loaded > 0 and engine.pool.num_offloaded > 0, "the host tier was never used"
+    assert all(c >= 32 for c in cached[3:]), f"later prompts should reuse their stem: {cached}"
+    engine.pool.check_integrity()
