@@ -25,6 +25,7 @@ class ReplicaConfig:
     max_model_len: int | None = None  # prompt + output tokens at most
     max_waiting: int = 1024  # queued requests at most; beyond, the server answers 503 with Retry-After
     priority_max_wait_s: float = 30.0  # a request queued this long goes before any with a lower priority
+    prefill_reserve: int | None = None  # step budget a running prefill leaves to admissions (None: a quarter)
     kv_blocks: int | None = None  # override the KV pool size in blocks
     kv_cache_memory: int | None = None  # bytes of KV memory (used when kv_blocks is None)
     host_kv_memory: int = 0  # bytes of host RAM for the second KV tier (evicted prefixes; 0: no tier)
@@ -62,6 +63,8 @@ class ReplicaConfig:
             raise ValueError("max_num_seqs and max_batched_tokens must be positive")
         if self.max_model_len is not None and self.max_model_len <= 1:
             raise ValueError("max_model_len must be at least 2")
+        if self.prefill_reserve is not None and not 0 <= self.prefill_reserve < self.max_batched_tokens:
+            raise ValueError("prefill_reserve must be at least 0 and below max_batched_tokens")
         if self.host_kv_memory < 0:
             raise ValueError("host_kv_memory must be zero or positive")
         if self.kv_blocks is not None and self.kv_blocks <= 0:

@@ -112,7 +112,8 @@ class Engine:
         self.max_model_len = cfg.max_model_len or getattr(runner, "max_model_len", None) or 4096
         self.pool = BlockPool(runner.kv_capacity_blocks(cfg.block_size), cfg.block_size, cfg.hash_seed,
                               host_blocks=runner.host_kv_capacity_blocks(cfg.block_size))
-        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_batched_tokens, cfg.priority_max_wait_s)
+        self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_batched_tokens, cfg.priority_max_wait_s,
+                                   cfg.prefill_reserve)
         self.publisher = publisher or KVEventPublisher(cfg.replica_id)
         self.publisher.emit([AllBlocksCleared()])  # seq 1 of every epoch: the replica starts empty
         self.listeners: list[EngineListener] = []
@@ -353,10 +354,14 @@ class Engine:
     def load_report(self) -> dict[str, Any]:
         """DESIGN.md section 3, plus what a gateway needs to hash prompts like this replica."""
         s, p = self.scheduler, self.pool
+        prefill_left, prefill_total = s.running_prefill()
         return {
             "replica_id": self.cfg.replica_id, "url": self.cfg.public_url, "model": self.cfg.model_name,
             "block_size": p.block_size, "num_waiting": len(s.waiting), "num_running": len(s.running),
             "waiting_prompt_tokens": s.waiting_tokens(), "running_tokens": s.running_tokens(),
+            "waiting_by_priority": s.waiting_by_priority(),
+            "running_prefill_tokens": prefill_left, "running_prefill_total": prefill_total,
+            "prefill_reserve": s.prefill_reserve,
             "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used, "kv_blocks_cached": p.num_cached,
             "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_step_ms": self.decode_step_ms,
             "ts": time.time(),

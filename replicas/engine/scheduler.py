@@ -12,6 +12,10 @@ gateway sends its predicted work, so shortest predicted job first), equal priori
 request that has waited ``priority_max_wait_s`` or more goes before every prioritised one, so a long job is
 delayed, never starved. The candidate that does not fit blocks the queue (nothing overtakes it).
 
+Head-of-line blocking: a running prefill takes at most the budget minus ``prefill_reserve`` (a quarter by default)
+while requests wait to be admitted, so a long prompt (tens of thousands of tokens, seconds of prefill) does not
+hold the whole budget while short or mostly cached requests queue behind it; with nothing waiting it takes all.
+
 Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``max_waiting`` and
 ``max_model_len`` are enforced on admission by the engine.
 """
@@ -19,12 +23,17 @@ Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``ma
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 
 from replicas.engine.block_pool import Block, BlockPool, cdiv
 from replicas.engine.request import Request, RequestStatus
 from replicas.runners.base import ScheduledChunk, StepBatch
+
+# Priorities at which the load report sums the waiting work (``waiting_by_priority``): the gateway's priorities are
+# predicted tokens of work, so powers of two from 64 to 1M tokens; the last threshold catches everything above.
+PRIORITY_THRESHOLDS: tuple[int, ...] = (0, *(1 << k for k in range(6, 21)), 1 << 62)
 
 
 @dataclass
@@ -50,10 +59,12 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int = 256, max_batched_tokens: int = 8192,
-                 priority_max_wait_s: float = 30.0) -> None:
+                 priority_max_wait_s: float = 30.0, prefill_reserve: int | None = None) -> None:
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
+        # Budget a continuing prefill leaves to admissions while requests wait (default a quarter; 0: none).
+        self.prefill_reserve = max_batched_tokens // 4 if prefill_reserve is None else prefill_reserve
         self.priority_max_wait_s = priority_max_wait_s
         self.waiting: deque[Request] = deque()  # arrival order (preempted ones pushed back at the front)
         self.running: list[Request] = []
@@ -121,10 +132,17 @@ class Scheduler:
         budget = self.max_batched_tokens
         out = SchedulerOutput(StepBatch([]))
         bs = self.pool.block_size
+        # Someone could be admitted this step: a long prefill then leaves ``prefill_reserve`` of the budget to them.
+        reserve = self.prefill_reserve if self.waiting and len(self.running) < self.max_num_seqs else 0
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if num_new > 1 and reserve:
+                num_new = min(num_new, budget - reserve)
+                if num_new <= 0:  # the rest of the budget is the admissions'
+                    i += 1
+                    continue
             if cdiv(req.num_computed_tokens + num_new, bs) > self.pool.num_blocks:
                 self.running.pop(i)
                 out.unfittable.append(req)
@@ -174,6 +192,36 @@ class Scheduler:
 
     def waiting_tokens(self) -> int:
         return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+
+    def waiting_by_priority(self, now: float | None = None) -> list[list[int]]:
+        """``[[priority, waiting tokens admitted no later than a request of that priority], ...]`` at the
+        thresholds ``PRIORITY_THRESHOLDS`` (cumulative, so the last is every waiting token): how much queued work a
+        newcomer of a given priority waits behind. Preempted and aged requests go first, so they count at every
+        threshold."""
+        now = time.monotonic() if now is None else now
+        counts = [0] * len(PRIORITY_THRESHOLDS)
+        last = len(PRIORITY_THRESHOLDS) - 1
+        for r in self.waiting:
+            tokens = r.num_tokens - r.num_computed_tokens
+            first = (r.status is RequestStatus.PREEMPTED or not self._prioritised
+                     or now - r.arrival_time >= self.priority_max_wait_s)
+            counts[0 if first else min(bisect_left(PRIORITY_THRESHOLDS, r.priority), last)] += tokens
+        out, total = [], 0
+        for threshold, n in zip(PRIORITY_THRESHOLDS, counts, strict=True):
+            total += n
+            out.append([threshold, total])
+        return out
+
+    def running_prefill(self) -> tuple[int, int]:
+        """Running requests still in prefill: ``(prompt tokens left to compute, their uncached prompt tokens in
+        all)``. The first is what shares steps with admissions (``prefill_reserve``); the second is what a gateway
+        counted for them on dispatch, so it can tell them from its dispatches still queued."""
+        left = total = 0
+        for r in self.running:
+            if r.num_computed_tokens < r.num_prompt_tokens:
+                left += r.num_prompt_tokens - r.num_computed_tokens
+                total += r.num_prompt_tokens - r.num_cached_tokens
+        return left, total
 
     def running_tokens(self) -> int:
         return sum(r.num_tokens for r in self.running)
