@@ -245,10 +245,16 @@ class BlockPool:
         return out
 
     def forget_loaded(self, transfers: Transfers | None) -> None:
-        """A step failed before its loads surely ran: the loaded blocks' content is not to be trusted."""
+        """A step failed before its copies surely ran: neither the blocks it loaded nor the host slots it offloaded
+        into hold content to be trusted (a rare path: the host-slot lookup scans the tier)."""
         if transfers is None:
             return
         removed: list[int] = []
+        if self.host is not None and transfers.offloads:
+            written = {slot for _, slot in transfers.offloads}
+            for digest in [d for d, slot in self.host.lru.items() if slot in written]:
+                self.host.discard(digest)
+                removed.append(block_id(digest))
         for _, idx in transfers.loads:
             b = self.blocks[idx]
             if b.digest is not None and self.cached.get(b.digest) is b:

@@ -146,3 +146,36 @@ async def test_aborting_a_queued_request_removes_it(make_engine: Callable[..., E
     await running.aclose()
     assert e.pool.num_used == 0
     e.pool.check_integrity()
+
+
+class FailOnTransfersRunner(ModelRunner):
+    """A device of 2 blocks with a host tier; the first step that has to copy KV fails."""
+
+    name = "failing-transfers"
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def kv_capacity_blocks(self, block_size: int) -> int:
+        return 2
+
+    def host_kv_capacity_blocks(self, block_size: int) -> int:
+        return 8
+
+    async def execute(self, batch: StepBatch) -> list[int | None]:
+        if batch.transfers and not self.failed:
+            self.failed = True
+            raise RuntimeError("copy engine lost")
+        return [5 if c.sample else None for c in batch.chunks]
+
+
+async def test_a_step_failing_with_kv_copies_forgets_what_they_carried(make_engine: Callable[..., Engine]) -> None:
+    e = make_engine(runner=FailOnTransfersRunner(), kv_blocks=2)
+    await collect(e, list(range(20)), SamplingParams(max_tokens=1))  # caches one full block
+    # This one evicts it into the host tier: the step that carries the offload fails.
+    *_, last = await collect(e, list(range(100, 120)), SamplingParams(max_tokens=1))
+    assert last.finish_reason == "error" and "copy engine lost" in (last.error or "")
+    assert e.pool.num_host_cached == 0  # the offloaded copy is not trusted
+    *_, last = await collect(e, list(range(20)), SamplingParams(max_tokens=1))
+    assert last.finish_reason == "length" and last.num_cached_tokens == 0  # recomputed, not loaded from garbage
+    e.pool.check_integrity()

@@ -140,6 +140,24 @@ def test_recomputed_block_leaves_the_host_tier() -> None:
     pool.check_integrity()
 
 
+def test_failed_step_forgets_what_it_offloaded() -> None:
+    pool = BlockPool(2, BS, host_blocks=4)
+    mem = Memory(pool)
+    a = make("a", list(range(5)))
+    admit(pool, mem, a)
+    pool.free(a)
+    x = make("x", list(range(50, 55)))
+    pool.begin_step()
+    assert pool.allocate(x, 5)  # evicts a's block into the host tier
+    transfers = pool.take_transfers()
+    assert transfers is not None and transfers.offloads and pool.num_host_cached == 1
+    pool.free(x)
+    pool.forget_loaded(transfers)  # the step failed: the offload may never have happened
+    assert pool.num_host_cached == 0 and pool.find_host_prefix(make("a2", list(range(5))), 0) == []
+    assert any(isinstance(e, BlockRemoved) for e in pool.drain_events())
+    pool.check_integrity()
+
+
 def test_failed_step_forgets_loaded_blocks() -> None:
     pool = BlockPool(2, BS, host_blocks=4)
     mem = Memory(pool)
