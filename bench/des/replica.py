@@ -125,7 +125,6 @@ class SimReplica:
         return {
             "replica_id": self.id, "block_size": p.block_size, "num_waiting": len(s.waiting),
             "num_running": len(s.running), "waiting_prompt_tokens": s.waiting_tokens(),
-            "waiting_by_priority": s.waiting_by_priority(now),
             "running_prefill_tokens": prefill_left, "running_prefill_total": prefill_total,
             "prefill_reserve": s.prefill_reserve,
             "running_tokens": s.running_tokens(), "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used,

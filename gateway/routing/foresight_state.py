@@ -9,7 +9,6 @@ within a few milliseconds.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ def _f(load: Mapping[str, Any], key: str) -> float:
 class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
                  "kv_blocks_total", "cache_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen",
-                 "own_requests", "tps_learned", "step_learned", "own_prefill", "own_decode", "_prio_t", "_prio_cum",
+                 "own_requests", "tps_learned", "step_learned", "own_prefill", "own_decode",
                  "running_prefill", "running_prefill_total", "beside_ratio")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
@@ -45,29 +44,11 @@ class ReplicaState:
         self.own_requests = 0
         self.own_prefill = 0.0
         self.own_decode = 0.0
-        # The report's ``waiting_by_priority``: thresholds and cumulative waiting tokens (empty: not reported).
-        self._prio_t: list[float] = []
-        self._prio_cum: list[float] = []
         self.running_prefill = 0.0  # prompt tokens running requests still have to prefill (reported)
         self.running_prefill_total = 0.0  # the uncached prompt tokens of those requests, as gateways count them
         # Tokens of a running prefill per token of admitted work in a step, when the replica reserves part of each
         # step for admissions (``prefill_reserve``); None: it does not, a running prefill blocks newcomers.
         self.beside_ratio: float | None = None
-
-    def share_ahead(self, priority: float) -> float:
-        """Share of the replica's queued work admitted before a newcomer of ``priority`` (its queue admits lower
-        priorities first): interpolated between the report's thresholds; 1.0 when the report says nothing."""
-        t, cum = self._prio_t, self._prio_cum
-        if not t or cum[-1] <= 0:
-            return 1.0
-        i = bisect_left(t, priority)
-        if i == 0:
-            below = cum[0]
-        elif i == len(t):
-            below = cum[-1]
-        else:
-            below = cum[i - 1] + (cum[i] - cum[i - 1]) * (priority - t[i - 1]) / (t[i] - t[i - 1])
-        return below / cum[-1]
 
     def sync_remote(self, remote: object) -> None:
         """A new ``ReplicaView.remote`` object means a state sync happened: peers' counts are fresh again."""
@@ -83,7 +64,6 @@ class ReplicaState:
                 self._seen = self._seen_ts = None
                 self.waiting = self.used = 0.0
                 self.running = 0
-                self._prio_t, self._prio_cum = [], []
                 self.running_prefill = self.running_prefill_total = 0.0
                 self.beside_ratio = None
                 return True
@@ -109,22 +89,9 @@ class ReplicaState:
         self.capacity = self.kv_blocks_total * self.block_size or self.capacity
         self.running = int(_f(load, "num_running"))
         self.max_num_seqs = int(_f(load, "max_num_seqs"))
-        self._read_priorities(load.get("waiting_by_priority"))
         self.running_prefill = _f(load, "running_prefill_tokens")
         self.running_prefill_total = max(self.running_prefill, _f(load, "running_prefill_total"))
         reserve, budget = _f(load, "prefill_reserve"), _f(load, "max_batched_tokens")
         self.beside_ratio = (budget - reserve) / reserve if 0 < reserve < budget else None
         return True
 
-    def _read_priorities(self, pairs: Any) -> None:
-        t: list[float] = []
-        cum: list[float] = []
-        try:
-            for threshold, tokens in pairs or ():
-                t.append(float(threshold))
-                cum.append(float(tokens))
-        except (TypeError, ValueError):
-            t, cum = [], []  # a malformed report (another engine's) is ignored, not fatal
-        ordered = all(a < b for a, b in zip(t, t[1:], strict=False)) and all(
-            a <= b for a, b in zip(cum, cum[1:], strict=False))
-        self._prio_t, self._prio_cum = (t, cum) if ordered else ([], [])

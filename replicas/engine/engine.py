@@ -359,7 +359,6 @@ class Engine:
             "replica_id": self.cfg.replica_id, "url": self.cfg.public_url, "model": self.cfg.model_name,
             "block_size": p.block_size, "num_waiting": len(s.waiting), "num_running": len(s.running),
             "waiting_prompt_tokens": s.waiting_tokens(), "running_tokens": s.running_tokens(),
-            "waiting_by_priority": s.waiting_by_priority(),
             "running_prefill_tokens": prefill_left, "running_prefill_total": prefill_total,
             "prefill_reserve": s.prefill_reserve,
             "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used, "kv_blocks_cached": p.num_cached,

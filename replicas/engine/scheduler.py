@@ -23,17 +23,12 @@ Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``ma
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 
 from replicas.engine.block_pool import Block, BlockPool, cdiv
 from replicas.engine.request import Request, RequestStatus
 from replicas.runners.base import ScheduledChunk, StepBatch
-
-# Priorities at which the load report sums the waiting work (``waiting_by_priority``): the gateway's priorities are
-# predicted tokens of work, so powers of two from 64 to 1M tokens; the last threshold catches everything above.
-PRIORITY_THRESHOLDS: tuple[int, ...] = (0, *(1 << k for k in range(6, 21)), 1 << 62)
 
 
 @dataclass
@@ -192,25 +187,6 @@ class Scheduler:
 
     def waiting_tokens(self) -> int:
         return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
-
-    def waiting_by_priority(self, now: float | None = None) -> list[list[int]]:
-        """``[[priority, waiting tokens admitted no later than a request of that priority], ...]`` at the
-        thresholds ``PRIORITY_THRESHOLDS`` (cumulative, so the last is every waiting token): how much queued work a
-        newcomer of a given priority waits behind. Preempted and aged requests go first, so they count at every
-        threshold."""
-        now = time.monotonic() if now is None else now
-        counts = [0] * len(PRIORITY_THRESHOLDS)
-        last = len(PRIORITY_THRESHOLDS) - 1
-        for r in self.waiting:
-            tokens = r.num_tokens - r.num_computed_tokens
-            first = (r.status is RequestStatus.PREEMPTED or not self._prioritised
-                     or now - r.arrival_time >= self.priority_max_wait_s)
-            counts[0 if first else min(bisect_left(PRIORITY_THRESHOLDS, r.priority), last)] += tokens
-        out, total = [], 0
-        for threshold, n in zip(PRIORITY_THRESHOLDS, counts, strict=True):
-            total += n
-            out.append([threshold, total])
-        return out
 
     def running_prefill(self) -> tuple[int, int]:
         """Running requests still in prefill: ``(prompt tokens left to compute, their uncached prompt tokens in

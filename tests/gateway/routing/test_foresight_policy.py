@@ -152,44 +152,6 @@ def test_a_replica_without_a_measured_rate_borrows_the_fleets() -> None:
     assert d.explanation["r0"]["ttft_s"] == pytest.approx(d.explanation["r1"]["ttft_s"])
 
 
-def prio_profile(below: int, above: int, split: int = 4096) -> list[list[int]]:
-    """A ``waiting_by_priority`` with ``below`` tokens at priorities <= ``split`` and ``above`` beyond 65536."""
-    return [[0, 0], [split, below], [65536, below], [1 << 62, below + above]]
-
-
-def test_a_cached_prompt_jumps_its_holders_queue_of_long_jobs() -> None:
-    # r0 holds the prefix and has 30k tokens queued, but all of long jobs (priority > 65536): this request's
-    # priority there (uncached tail + output) is small, so r0 admits it first and it stays with its cache.
-    replicas = views(2)
-    replicas[0].load = report(waiting_prompt_tokens=30000, waiting_by_priority=prio_profile(0, 30000))
-    p = policy()
-    warm(p, SYSTEM + "q1", replicas, "r0")
-    d = p.rank(req(SYSTEM + "q2"), replicas)
-    assert d.ranked[0] == "r0" and d.explanation["r0"]["queue_s"] < 0.01
-    # Without priorities the replica serves FIFO: the whole queue is ahead, as before.
-    p = policy(priority="0")
-    warm(p, SYSTEM + "q1", replicas, "r0")
-    assert p.rank(req(SYSTEM + "q2"), replicas).ranked[0] == "r1"
-    # A queue of short jobs is ahead of it whatever its priority.
-    replicas[0].load = report(waiting_prompt_tokens=30000, waiting_by_priority=prio_profile(30000, 0, 64))
-    p = policy()
-    warm(p, SYSTEM + "q1", replicas, "r0")
-    assert p.rank(req(SYSTEM + "q2"), replicas).ranked[0] == "r1"
-
-
-def test_share_ahead_interpolates_and_ignores_malformed_reports() -> None:
-    from gateway.routing.foresight_state import ReplicaState
-
-    st = ReplicaState(1000.0, 0.02, 0.0)
-    assert st.share_ahead(100) == 1.0  # nothing reported: everything queued counts
-    st.update(report(waiting_by_priority=[[0, 0], [1000, 500], [2000, 1000]], ts=1.0), 0.2, 1.0)
-    assert st.share_ahead(-5) == 0.0 and st.share_ahead(1500) == pytest.approx(0.75)
-    assert st.share_ahead(10**9) == 1.0
-    for bad in ([[0, 5], [0, 6]], [[0, 9], [10, 2]], [["x", 1]], "nonsense", [[1]]):
-        st.update(report(waiting_by_priority=bad, ts=float(len(str(bad)))), 0.2, 1.0)
-        assert st.share_ahead(1500) == 1.0, bad
-
-
 def test_a_running_long_prefill_delays_a_newcomer_only_by_its_share_of_the_steps() -> None:
     # r0 holds the prefix and is 40k tokens into prefilling a long prompt; it reserves a quarter of each step for
     # admissions, so this mostly cached request is admitted beside it rather than after it.

@@ -73,23 +73,6 @@ def test_removing_a_waiting_prioritised_request_keeps_the_count() -> None:
     assert admitted(s) == ["a"] and s._prioritised == 0
 
 
-def test_waiting_work_by_priority_is_cumulative_and_puts_first_what_goes_first() -> None:
-    from replicas.engine.scheduler import PRIORITY_THRESHOLDS
-
-    s = Scheduler(BlockPool(64, BS), max_num_seqs=1, max_batched_tokens=100, priority_max_wait_s=30.0)
-    fifo = req("plain", 5, 0)
-    s.add(fifo)
-    assert all(n == 5 for _, n in s.waiting_by_priority(now=0.0))  # FIFO queue: all of it is ahead of anyone
-    s.add(req("short", 7, 100, priority=100))
-    s.add(req("long", 11, 200, priority=5000))
-    s.add(req("huge", 13, 300, priority=1 << 70))
-    s.add(req("old", 17, 400, priority=9000, arrival=-60.0))  # waited past the bound: goes first
-    prof = dict(map(tuple, s.waiting_by_priority(now=0.0)))
-    assert [t for t, _ in s.waiting_by_priority(now=0.0)] == list(PRIORITY_THRESHOLDS)
-    assert prof[0] == 5 + 17 and prof[64] == 22 and prof[128] == 29 and prof[8192] == 40
-    assert prof[PRIORITY_THRESHOLDS[-1]] == 53 == s.waiting_tokens()
-
-
 def test_a_long_prefill_leaves_part_of_each_step_to_waiting_requests() -> None:
     s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=100, prefill_reserve=25)
     s.add(req("long", 400, 0))
