@@ -167,3 +167,17 @@ def test_a_running_long_prefill_delays_a_newcomer_only_by_its_share_of_the_steps
     replicas[0].load = report(**hol, prefill_reserve=0, ts=2.0)
     d = p.rank(req(SYSTEM + "q2"), replicas)
     assert d.ranked[0] == "r1" and d.explanation["r0"]["queue_s"] == pytest.approx(4.0)
+
+
+def test_the_fleet_work_of_recomputing_a_prefix_keeps_a_close_call_with_the_cache() -> None:
+    # r0 holds the ~2k-token prefix (0.2 s of prefill at 10k tok/s) and has 0.3 s more queued than r1: moving wins
+    # 0.1 s of TTFT but costs the fleet 0.2 s of prefill work; with the default work weight the request stays.
+    replicas = views(2)
+    replicas[0].load = report(waiting_prompt_tokens=3000)
+    p = policy()
+    warm(p, SYSTEM + "q1", replicas, "r0")
+    d = p.rank(req(SYSTEM + "q2"), replicas)
+    assert d.ranked[0] == "r0" and d.explanation["r1"]["work_s"] == pytest.approx(2 * d.explanation["r1"]["prefill_s"])
+    p = policy(work_weight="0")  # TTFT alone
+    warm(p, SYSTEM + "q1", replicas, "r0")
+    assert p.rank(req(SYSTEM + "q2"), replicas).ranked[0] == "r1"
