@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     cost = profile(args.sim_profile)
     # The ideal-LRU bound of the fleet's whole prefix cache: device KV plus the host tier when there is one.
-    fleet_kv = args.replicas * (cost.kv_capacity_tokens() + args.host_kv_memory // cost.model.kv_bytes_per_token)
+    fleet_kv = args.replicas * (cost.kv_capacity_tokens() + cost.kv_blocks_in(args.host_kv_memory, 1))
     for kind, value in levels(args):
         ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
                                    "rate": value if kind == "rate" else None})

@@ -93,7 +93,7 @@ class Cluster:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         cost = profile(cfg.profile)
-        host_blocks = cfg.host_kv_memory // (cost.model.kv_bytes_per_token * cfg.block_size)
+        host_blocks = cost.kv_blocks_in(cfg.host_kv_memory, cfg.block_size)
         self.replicas = [SimReplica(f"r{i}", cost, block_size=cfg.block_size, kv_blocks=cfg.kv_blocks,
                                     host_blocks=host_blocks, max_num_seqs=cfg.max_num_seqs,
                                     max_batched_tokens=cfg.max_batched_tokens)

@@ -130,6 +130,10 @@ class CostModel:
         """One decode step of ``batch`` sequences of ``context`` tokens each."""
         return self.step_time([(context, 1, True)] * batch)
 
+    def kv_blocks_in(self, nbytes: int, block_size: int) -> int:
+        """Whole KV blocks of ``block_size`` tokens that ``nbytes`` of memory hold."""
+        return int(nbytes) // (self.model.kv_bytes_per_token * block_size)
+
     def kv_capacity_tokens(self) -> int:
         budget = self.gpu.mem_bytes * self.gpu_memory_utilization - self.model.total_params * self.model.dtype_bytes
         return max(0, int((budget - self.activation_reserve_bytes) // self.model.kv_bytes_per_token))

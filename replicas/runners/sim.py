@@ -107,11 +107,11 @@ class SimRunner(ModelRunner):
         if self._kv_blocks is not None:
             return self._kv_blocks
         if self._kv_cache_memory is not None:
-            return max(1, self._kv_cache_memory // (self.cost.model.kv_bytes_per_token * block_size))
+            return max(1, self.cost.kv_blocks_in(self._kv_cache_memory, block_size))
         return max(1, self.cost.kv_capacity_tokens() // block_size)
 
     def host_kv_capacity_blocks(self, block_size: int) -> int:
-        return self._host_kv_memory // (self.cost.model.kv_bytes_per_token * block_size)
+        return self.cost.kv_blocks_in(self._host_kv_memory, block_size)
 
     def _state(self, request_id: str, sampling: Any) -> _SimState:
         st = self._states.get(request_id)
