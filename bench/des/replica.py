@@ -121,11 +121,10 @@ class SimReplica:
 
     def load_report(self, now: float) -> dict[str, Any]:
         s, p = self.scheduler, self.pool
-        prefill_left, prefill_total = s.running_prefill()
         return {
             "replica_id": self.id, "block_size": p.block_size, "num_waiting": len(s.waiting),
             "num_running": len(s.running), "waiting_prompt_tokens": s.waiting_tokens(),
-            "running_prefill_tokens": prefill_left, "running_prefill_total": prefill_total,
+            "long_prefill_tokens": s.long_prefill_tokens(),
             "prefill_reserve": s.prefill_reserve,
             "running_tokens": s.running_tokens(), "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used,
             "kv_blocks_cached": p.num_cached, "prefill_tokens_per_s": self.prefill_tokens_per_s,

@@ -5,9 +5,9 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
 - ``queue_s``: prefill work ahead of the request / the replica's prefill rate. Work ahead = the larger of the
   replica's reported ``waiting_prompt_tokens`` (ground truth, but up to ~100 ms old) and every gateway's count of
   dispatched-but-not-started uncached prompt tokens (covers the lag; DESIGN.md section 4). A replica that reserves
-  part of each step for admissions (``prefill_reserve`` in its report) admits the request beside its running
-  prefills: those (``running_prefill_tokens``, told from the queued dispatches by ``running_prefill_total``) delay it
-  only by their share of the steps its own queue and prefill take. The whole queue counts even under priorities:
+  part of each step for admissions (``prefill_reserve`` in its report) admits the request beside its long running
+  prefills (``long_prefill_tokens`` left): those delay it only by their share of the steps its own queue and
+  prefill take. The whole queue counts even under priorities:
   a request a replica would admit early still pushes every longer job there back, and sizing the wait by the
   request's own priority share piled short jobs onto few replicas (Azure SLO attainment 0.93 -> 0.86 at 200 rps);
 - ``prefill_s``: the request's own uncached prompt tokens (prompt minus the prefix ``r`` holds) / prefill rate;
@@ -17,7 +17,8 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   tokens in flight (the predictor's p50s, as the gateways account them) times the replica's decode step. So the
   decode work ahead enters through the predicted output lengths. The same wait applies when the replica has no
   free sequence slot (in-flight requests >= its reported ``max_num_seqs``).
-- ``work_s``: ``work_weight`` (2) times ``prefill_s``: the prefill this decision adds to the fleet. Recomputing a
+- ``work_s``: ``work_weight`` (2) times the uncached prefill at the fleet's average rate: the work this decision
+  adds to the fleet. Recomputing a
   prefix that another replica holds costs that replica's later requests nothing but costs the fleet the work (and a
   second copy of the prefix), which delays requests to come; TTFT alone is blind to it. On the Mooncake trace it
   keeps conversations with their cache (prefix hit rate 0.296 -> 0.317 of a 0.327 bound) for a p90 TTFT 8% higher;
@@ -113,12 +114,11 @@ class ForesightPolicy(RoutingPolicy):
         ahead = r.local.prefill_tokens + r.remote.prefill_tokens + self.peers * st.own_prefill
         uncached = prompt * (1.0 - match)
         beside = 0.0
-        if st.beside_ratio is not None:
-            # Running prefills share each step with admissions: they delay this request by at most their share of
-            # the steps its own queue and prefill take, not by all their remaining tokens. The dispatched work that
-            # queues is what the gateways counted minus those running prefills (counted whole on dispatch).
-            beside = st.running_prefill
-            ahead = max(0.0, ahead - st.running_prefill_total)
+        if st.beside_ratio is not None and st.long_prefill:
+            # Long running prefills share each step with admissions: they delay this request by at most their share
+            # of the steps its own queue and prefill take, not by all their remaining tokens.
+            beside = min(st.long_prefill, ahead)
+            ahead -= beside
         if st.waiting > ahead:
             ahead = st.waiting
         if beside:
@@ -135,7 +135,8 @@ class ForesightPolicy(RoutingPolicy):
             excess = r.local.requests + r.remote.requests + self.peers * st.own_requests + 1 - st.max_num_seqs
             if excess > 0:
                 kv_s = max(kv_s, self._finish_wait(excess, st, r))
-        return queue_s, prefill_s, kv_s, self.work_weight * prefill_s
+        # The fleet's work, at the fleet's rate: one replica's noisier measured rate must not tilt the choice.
+        return queue_s, prefill_s, kv_s, self.work_weight * uncached / self.fleet_tps
 
     @staticmethod
     def _kv_wait(overflow: float, st: ReplicaState, r: ReplicaView) -> float:
@@ -182,7 +183,8 @@ class ForesightPolicy(RoutingPolicy):
         totals, terms, matched = self._score(request, replicas)
         order = sorted(range(len(replicas)), key=totals.__getitem__)
         best = totals[order[0]]
-        limit = best + max(self.near_abs, self.near_rel * best)
+        # Near ties are judged on the predicted TTFT: the fleet-work term must not widen the window.
+        limit = best + max(self.near_abs, self.near_rel * (best - terms[order[0]][3]))
         near = 1
         while near < len(order) and totals[order[near]] <= limit:
             near += 1

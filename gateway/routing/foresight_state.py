@@ -22,7 +22,7 @@ class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
                  "kv_blocks_total", "cache_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen",
                  "own_requests", "tps_learned", "step_learned", "own_prefill", "own_decode",
-                 "running_prefill", "running_prefill_total", "beside_ratio")
+                 "long_prefill", "beside_ratio")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
         self.prefill_tps = prefill_tps
@@ -44,8 +44,7 @@ class ReplicaState:
         self.own_requests = 0
         self.own_prefill = 0.0
         self.own_decode = 0.0
-        self.running_prefill = 0.0  # prompt tokens running requests still have to prefill (reported)
-        self.running_prefill_total = 0.0  # the uncached prompt tokens of those requests, as gateways count them
+        self.long_prefill = 0.0  # tokens left of the running long prefills, which share steps with admissions
         # Tokens of a running prefill per token of admitted work in a step, when the replica reserves part of each
         # step for admissions (``prefill_reserve``); None: it does not, a running prefill blocks newcomers.
         self.beside_ratio: float | None = None
@@ -64,7 +63,7 @@ class ReplicaState:
                 self._seen = self._seen_ts = None
                 self.waiting = self.used = 0.0
                 self.running = 0
-                self.running_prefill = self.running_prefill_total = 0.0
+                self.long_prefill = 0.0
                 self.beside_ratio = None
                 return True
             return False
@@ -89,8 +88,7 @@ class ReplicaState:
         self.capacity = self.kv_blocks_total * self.block_size or self.capacity
         self.running = int(_f(load, "num_running"))
         self.max_num_seqs = int(_f(load, "max_num_seqs"))
-        self.running_prefill = _f(load, "running_prefill_tokens")
-        self.running_prefill_total = max(self.running_prefill, _f(load, "running_prefill_total"))
+        self.long_prefill = _f(load, "long_prefill_tokens")
         reserve, budget = _f(load, "prefill_reserve"), _f(load, "max_batched_tokens")
         self.beside_ratio = (budget - reserve) / reserve if 0 < reserve < budget else None
         return True

@@ -12,9 +12,12 @@ gateway sends its predicted work, so shortest predicted job first), equal priori
 request that has waited ``priority_max_wait_s`` or more goes before every prioritised one, so a long job is
 delayed, never starved. The candidate that does not fit blocks the queue (nothing overtakes it).
 
-Head-of-line blocking: a running prefill takes at most the budget minus ``prefill_reserve`` (a quarter by default)
-while requests wait to be admitted, so a long prompt (tens of thousands of tokens, seconds of prefill) does not
-hold the whole budget while short or mostly cached requests queue behind it; with nothing waiting it takes all.
+Head-of-line blocking: a long prefill (more tokens left than two steps' budget) takes at most the budget minus
+``prefill_reserve`` (a quarter by default) while requests wait to be admitted, so a long prompt (tens of thousands
+of tokens, seconds of prefill) does not hold the whole budget while short or mostly cached requests queue behind
+it; with nothing waiting it takes all. A prefill that can finish within two steps is not cut: it blocks others for
+at most that long, and cutting it would delay its own first token by a step (on the Azure trace, prompts of up to
+14k tokens, cutting prefills above one step's budget cost 0.5% of requests their SLO at 210 rps).
 
 Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``max_waiting`` and
 ``max_model_len`` are enforced on admission by the engine.
@@ -132,8 +135,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            if num_new > 1 and reserve:
+            left = req.num_tokens - req.num_computed_tokens
+            num_new = min(left, budget)
+            if reserve and self._is_long(left):
                 num_new = min(num_new, budget - reserve)
                 if num_new <= 0:  # the rest of the budget is the admissions'
                     i += 1
@@ -188,16 +192,15 @@ class Scheduler:
     def waiting_tokens(self) -> int:
         return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
 
-    def running_prefill(self) -> tuple[int, int]:
-        """Running requests still in prefill: ``(prompt tokens left to compute, their uncached prompt tokens in
-        all)``. The first is what shares steps with admissions (``prefill_reserve``); the second is what a gateway
-        counted for them on dispatch, so it can tell them from its dispatches still queued."""
-        left = total = 0
-        for r in self.running:
-            if r.num_computed_tokens < r.num_prompt_tokens:
-                left += r.num_prompt_tokens - r.num_computed_tokens
-                total += r.num_prompt_tokens - r.num_cached_tokens
-        return left, total
+    def long_prefill_tokens(self) -> int:
+        """Tokens left to prefill of the running long prefills (``_is_long``): they share their steps with
+        admissions (``prefill_reserve``) instead of blocking them."""
+        return sum(n for r in self.running
+                   if self._is_long(n := r.num_prompt_tokens - r.num_computed_tokens))
+
+    def _is_long(self, left: int) -> bool:
+        """A prefill the reserve applies to: more tokens left than two steps' budget."""
+        return left > 2 * self.max_batched_tokens
 
     def running_tokens(self) -> int:
         return sum(r.num_tokens for r in self.running)

@@ -156,7 +156,7 @@ def test_a_running_long_prefill_delays_a_newcomer_only_by_its_share_of_the_steps
     # r0 holds the prefix and is 40k tokens into prefilling a long prompt; it reserves a quarter of each step for
     # admissions, so this mostly cached request is admitted beside it rather than after it.
     replicas = views(2)
-    hol = {"running_prefill_tokens": 40000, "max_batched_tokens": 8192}
+    hol = {"long_prefill_tokens": 40000, "max_batched_tokens": 8192}
     replicas[0].load = report(**hol, prefill_reserve=2048)
     p = policy()
     warm(p, SYSTEM + "q1", replicas, "r0")

@@ -82,7 +82,7 @@ def test_a_long_prefill_leaves_part_of_each_step_to_waiting_requests() -> None:
     s.add(req("short", 20, 1000, priority=5))
     chunks = {c.request.request_id: c.num_new_tokens for c in s.schedule(0.0).batch.chunks}
     assert chunks == {"long": 75, "short": 20}  # the short one is admitted beside the long prefill
-    assert s.running_prefill() == (300 + 20, 400 + 20)  # left to compute, uncached in all
+    assert s.long_prefill_tokens() == 300  # the short one is not long
 
 
 def test_no_reserve_keeps_the_old_head_of_line_order() -> None:
@@ -102,3 +102,12 @@ def test_the_reserve_needs_a_free_sequence_slot() -> None:
     s.add(req("short", 20, 1000))
     # No slot for the short one: reserving budget for it would only slow the long prefill down.
     assert [(c.request.request_id, c.num_new_tokens) for c in s.schedule(0.0).batch.chunks] == [("long", 100)]
+
+
+def test_a_prefill_that_ends_within_two_steps_is_not_cut() -> None:
+    s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=100, prefill_reserve=25)
+    s.add(req("mid", 300, 0))
+    s.schedule(0.0)
+    s.running[0].num_computed_tokens += 100  # 200 left: two steps' budget
+    s.add(req("short", 20, 1000))
+    assert [(c.request.request_id, c.num_new_tokens) for c in s.schedule(0.0).batch.chunks] == [("mid", 100)]
