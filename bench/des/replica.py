@@ -121,10 +121,11 @@ class SimReplica:
 
     def load_report(self, now: float) -> dict[str, Any]:
         s, p = self.scheduler, self.pool
+        long_left, long_total = s.long_prefills()
         return {
             "replica_id": self.id, "block_size": p.block_size, "num_waiting": len(s.waiting),
             "num_running": len(s.running), "waiting_prompt_tokens": s.waiting_tokens(),
-            "long_prefill_tokens": s.long_prefill_tokens(),
+            "long_prefill_tokens": long_left, "long_prefill_total": long_total,
             "prefill_reserve": s.prefill_reserve,
             "running_tokens": s.running_tokens(), "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used,
             "kv_blocks_cached": p.num_cached, "prefill_tokens_per_s": self.prefill_tokens_per_s,

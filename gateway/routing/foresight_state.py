@@ -22,7 +22,7 @@ class ReplicaState:
     __slots__ = ("prefill_tps", "decode_step_s", "waiting", "used", "capacity", "running", "block_size",
                  "kv_blocks_total", "cache_blocks_total", "max_num_seqs", "_seen", "_seen_ts", "remote_seen",
                  "own_requests", "tps_learned", "step_learned", "own_prefill", "own_decode",
-                 "long_prefill", "beside_ratio")
+                 "long_prefill", "long_prefill_total", "beside_ratio")
 
     def __init__(self, prefill_tps: float, decode_step_s: float, capacity: float) -> None:
         self.prefill_tps = prefill_tps
@@ -45,6 +45,7 @@ class ReplicaState:
         self.own_prefill = 0.0
         self.own_decode = 0.0
         self.long_prefill = 0.0  # tokens left of the running long prefills, which share steps with admissions
+        self.long_prefill_total = 0.0  # their uncached prompt tokens, as the gateways counted them on dispatch
         # Tokens of a running prefill per token of admitted work in a step, when the replica reserves part of each
         # step for admissions (``prefill_reserve``); None: it does not, a running prefill blocks newcomers.
         self.beside_ratio: float | None = None
@@ -63,7 +64,7 @@ class ReplicaState:
                 self._seen = self._seen_ts = None
                 self.waiting = self.used = 0.0
                 self.running = 0
-                self.long_prefill = 0.0
+                self.long_prefill = self.long_prefill_total = 0.0
                 self.beside_ratio = None
                 return True
             return False
@@ -89,6 +90,7 @@ class ReplicaState:
         self.running = int(_f(load, "num_running"))
         self.max_num_seqs = int(_f(load, "max_num_seqs"))
         self.long_prefill = _f(load, "long_prefill_tokens")
+        self.long_prefill_total = max(self.long_prefill, _f(load, "long_prefill_total"))
         reserve, budget = _f(load, "prefill_reserve"), _f(load, "max_batched_tokens")
         self.beside_ratio = (budget - reserve) / reserve if 0 < reserve < budget else None
         return True

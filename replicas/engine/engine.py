@@ -354,11 +354,12 @@ class Engine:
     def load_report(self) -> dict[str, Any]:
         """DESIGN.md section 3, plus what a gateway needs to hash prompts like this replica."""
         s, p = self.scheduler, self.pool
+        long_left, long_total = s.long_prefills()
         return {
             "replica_id": self.cfg.replica_id, "url": self.cfg.public_url, "model": self.cfg.model_name,
             "block_size": p.block_size, "num_waiting": len(s.waiting), "num_running": len(s.running),
             "waiting_prompt_tokens": s.waiting_tokens(), "running_tokens": s.running_tokens(),
-            "long_prefill_tokens": s.long_prefill_tokens(),
+            "long_prefill_tokens": long_left, "long_prefill_total": long_total,
             "prefill_reserve": s.prefill_reserve,
             "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used, "kv_blocks_cached": p.num_cached,
             "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_step_ms": self.decode_step_ms,

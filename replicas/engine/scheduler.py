@@ -192,11 +192,17 @@ class Scheduler:
     def waiting_tokens(self) -> int:
         return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
 
-    def long_prefill_tokens(self) -> int:
-        """Tokens left to prefill of the running long prefills (``_is_long``): they share their steps with
-        admissions (``prefill_reserve``) instead of blocking them."""
-        return sum(n for r in self.running
-                   if self._is_long(n := r.num_prompt_tokens - r.num_computed_tokens))
+    def long_prefills(self) -> tuple[int, int]:
+        """The running long prefills (``_is_long``), which share their steps with admissions (``prefill_reserve``)
+        instead of blocking them: ``(tokens left to prefill, their uncached prompt tokens in all)``; the second is
+        what a gateway counted for them on dispatch, so it can tell them from its dispatches still queued."""
+        left = total = 0
+        for r in self.running:
+            n = r.num_prompt_tokens - r.num_computed_tokens
+            if self._is_long(n):
+                left += n
+                total += r.num_prompt_tokens - r.num_cached_tokens
+        return left, total
 
     def _is_long(self, left: int) -> bool:
         """A prefill the reserve applies to: more tokens left than two steps' budget."""

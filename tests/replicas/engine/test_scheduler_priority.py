@@ -82,7 +82,7 @@ def test_a_long_prefill_leaves_part_of_each_step_to_waiting_requests() -> None:
     s.add(req("short", 20, 1000, priority=5))
     chunks = {c.request.request_id: c.num_new_tokens for c in s.schedule(0.0).batch.chunks}
     assert chunks == {"long": 75, "short": 20}  # the short one is admitted beside the long prefill
-    assert s.long_prefill_tokens() == 300  # the short one is not long
+    assert s.long_prefills() == (300, 400)  # left, uncached in all; the short one is not long
 
 
 def test_no_reserve_keeps_the_old_head_of_line_order() -> None:
