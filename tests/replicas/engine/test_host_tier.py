@@ -120,11 +120,7 @@ def test_host_eviction_emits_block_removed() -> None:
 
 
 def test_recomputed_block_leaves_the_host_tier() -> None:
-    pool = BlockPool(2, BS, host_blocks=4)
-    mem = Memory(pool)
-    a = make("a", list(range(5)))
-    admit(pool, mem, a)
-    pool.free(a)
+    pool, mem = cached_one_block()
     # b computes the same first block while a's copy is evicted to the host by b's own allocation: the pool
     # finds it in the host tier when b is admitted, so here make b bypass the lookup (as a request admitted before
     # the offload would) and check that registering the recomputed block keeps the tiers exclusive.
@@ -140,12 +136,18 @@ def test_recomputed_block_leaves_the_host_tier() -> None:
     pool.check_integrity()
 
 
-def test_failed_step_forgets_what_it_offloaded() -> None:
+def cached_one_block() -> tuple[BlockPool, Memory]:
+    """A 2-block pool (host tier of 4) holding one cached block of tokens 0..3 on the device."""
     pool = BlockPool(2, BS, host_blocks=4)
     mem = Memory(pool)
     a = make("a", list(range(5)))
     admit(pool, mem, a)
     pool.free(a)
+    return pool, mem
+
+
+def test_failed_step_forgets_what_it_offloaded() -> None:
+    pool, _ = cached_one_block()
     x = make("x", list(range(50, 55)))
     pool.begin_step()
     assert pool.allocate(x, 5)  # evicts a's block into the host tier
@@ -159,11 +161,7 @@ def test_failed_step_forgets_what_it_offloaded() -> None:
 
 
 def test_failed_step_forgets_loaded_blocks() -> None:
-    pool = BlockPool(2, BS, host_blocks=4)
-    mem = Memory(pool)
-    a = make("a", list(range(5)))
-    admit(pool, mem, a)
-    pool.free(a)
+    pool, mem = cached_one_block()
     x = make("x", list(range(50, 55)))
     admit(pool, mem, x)  # pushes a's block to the host
     pool.free(x)

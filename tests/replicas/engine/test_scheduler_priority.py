@@ -73,41 +73,35 @@ def test_removing_a_waiting_prioritised_request_keeps_the_count() -> None:
     assert admitted(s) == ["a"] and s._prioritised == 0
 
 
-def test_a_long_prefill_leaves_part_of_each_step_to_waiting_requests() -> None:
-    s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=100, prefill_reserve=25)
-    s.add(req("long", 400, 0))
+def prefilling(prompt: int, reserve: int, max_num_seqs: int = 8) -> Scheduler:
+    """A scheduler (budget 100) one step into prefilling a ``prompt``-token request, then a short one arrives."""
+    s = Scheduler(BlockPool(256, BS), max_num_seqs=max_num_seqs, max_batched_tokens=100, prefill_reserve=reserve)
+    s.add(req("long", prompt, 0))
     first = s.schedule(0.0)
     assert [(c.request.request_id, c.num_new_tokens) for c in first.batch.chunks] == [("long", 100)]  # alone: all
     s.running[0].num_computed_tokens += 100
     s.add(req("short", 20, 1000, priority=5))
-    chunks = {c.request.request_id: c.num_new_tokens for c in s.schedule(0.0).batch.chunks}
-    assert chunks == {"long": 75, "short": 20}  # the short one is admitted beside the long prefill
+    return s
+
+
+def step(s: Scheduler) -> list[tuple[str, int]]:
+    return [(c.request.request_id, c.num_new_tokens) for c in s.schedule(0.0).batch.chunks]
+
+
+def test_a_long_prefill_leaves_part_of_each_step_to_waiting_requests() -> None:
+    s = prefilling(400, 25)
+    assert step(s) == [("long", 75), ("short", 20)]  # the short one is admitted beside the long prefill
     assert s.long_prefills() == (300, 400)  # left, uncached in all; the short one is not long
 
 
 def test_no_reserve_keeps_the_old_head_of_line_order() -> None:
-    s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=100, prefill_reserve=0)
-    s.add(req("long", 400, 0))
-    s.schedule(0.0)
-    s.running[0].num_computed_tokens += 100
-    s.add(req("short", 20, 1000))
-    assert [c.request.request_id for c in s.schedule(0.0).batch.chunks] == ["long"]
+    assert step(prefilling(400, 0)) == [("long", 100)]
 
 
 def test_the_reserve_needs_a_free_sequence_slot() -> None:
-    s = Scheduler(BlockPool(256, BS), max_num_seqs=1, max_batched_tokens=100, prefill_reserve=25)
-    s.add(req("long", 400, 0))
-    s.schedule(0.0)
-    s.running[0].num_computed_tokens += 100
-    s.add(req("short", 20, 1000))
     # No slot for the short one: reserving budget for it would only slow the long prefill down.
-    assert [(c.request.request_id, c.num_new_tokens) for c in s.schedule(0.0).batch.chunks] == [("long", 100)]
+    assert step(prefilling(400, 25, max_num_seqs=1)) == [("long", 100)]
 
 
 def test_a_prefill_that_ends_within_two_steps_is_not_cut() -> None:
-    s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=100, prefill_reserve=25)
-    s.add(req("mid", 300, 0))
-    s.schedule(0.0)
-    s.running[0].num_computed_tokens += 100  # 200 left: two steps' budget
-    s.add(req("short", 20, 1000))
-    assert [(c.request.request_id, c.num_new_tokens) for c in s.schedule(0.0).batch.chunks] == [("mid", 100)]
+    assert step(prefilling(300, 25)) == [("long", 100)]  # 200 left: two steps' budget
