@@ -110,8 +110,8 @@ class ReplicaMetrics:
         self.decode_step.set((e.decode_step_ms or 0.0) / 1e3)
         self.events_seq.set(e.publisher.seq)
         if pool.host is not None:
-            self.kv_host_blocks.labels("cached").set(len(pool.host))
-            self.kv_host_blocks.labels("free").set(pool.host.num_slots - len(pool.host))
+            self.kv_host_blocks.labels("cached").set(pool.num_host_cached)
+            self.kv_host_blocks.labels("free").set(pool.num_host_slots - pool.num_host_cached)
             offloaded, loaded = self._counted
             self.kv_offloaded.inc(pool.num_offloaded - offloaded)
             self.kv_loaded.inc(pool.num_loaded - loaded)

@@ -80,9 +80,8 @@ class SimReplica:
             return None
         self._batch = [(c.request, c.num_new_tokens, c.sample) for c in chunks]
         duration = self.cost.step_time((r.num_computed_tokens, n, s) for r, n, s in self._batch)
-        moved = sched.batch.transfers
-        if moved:
-            duration += self.cost.transfer_time((len(moved.offloads) + len(moved.loads)) * self.pool.block_size)
+        if sched.batch.transfers:
+            duration += self.cost.transfer_time(sched.batch.transfers.num_blocks * self.pool.block_size)
         prefill, decode = sched.token_split()
         a = self.alpha
         if prefill and duration > 0:
@@ -131,6 +130,6 @@ class SimReplica:
             "kv_blocks_cached": p.num_cached, "prefill_tokens_per_s": self.prefill_tokens_per_s,
             "decode_step_ms": self.decode_step_ms, "ts": now, "max_num_seqs": s.max_num_seqs,
             "max_batched_tokens": s.max_batched_tokens,
-            "kv_host_blocks_total": p.host.num_slots if p.host is not None else 0,
+            "kv_host_blocks_total": p.num_host_slots,
             "kv_host_blocks_cached": p.num_host_cached,
         }

@@ -7,9 +7,9 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   dispatched-but-not-started uncached prompt tokens (covers the lag; DESIGN.md section 4). A replica that reserves
   part of each step for admissions (``prefill_reserve`` in its report) admits the request beside its long running
   prefills (``long_prefill_tokens`` left): those delay it only by their share of the steps its own queue and
-  prefill take. The whole queue counts even under priorities:
-  a request a replica would admit early still pushes every longer job there back, and sizing the wait by the
-  request's own priority share piled short jobs onto few replicas (Azure SLO attainment 0.93 -> 0.86 at 200 rps);
+  prefill take. The whole queue counts even under priorities: a request a replica would admit early still pushes
+  every longer job there back, and sizing the wait by the request's own priority share piled short jobs onto few
+  replicas (Azure SLO attainment 0.93 -> 0.86 at 200 rps);
 - ``prefill_s``: the request's own uncached prompt tokens (prompt minus the prefix ``r`` holds) / prefill rate;
 - ``kv_s``: a KV-pressure penalty. Demand = KV in use + queued prompts + this request's uncached prompt and
   predicted output (p90 from the output-length estimator). What exceeds capacity must wait for enough running
@@ -18,9 +18,9 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   decode work ahead enters through the predicted output lengths. The same wait applies when the replica has no
   free sequence slot (in-flight requests >= its reported ``max_num_seqs``).
 - ``work_s``: ``work_weight`` (3) times the uncached prefill at the fleet's average rate: the work this decision
-  adds to the fleet. Recomputing a
-  prefix that another replica holds costs that replica's later requests nothing but costs the fleet the work (and a
-  second copy of the prefix), which delays requests to come; TTFT alone is blind to it. On the whole Mooncake trace
+  adds to the fleet. Recomputing a prefix that another replica holds costs that replica's later requests nothing
+  but costs the fleet the work (and a second copy of the prefix), which delays requests to come; TTFT alone is
+  blind to it. On the whole Mooncake trace
   at 2.5x it keeps conversations with their cache (prefix hit rate 0.29 at weight 0, 0.305 at 2, 0.315 at 3, of a
   0.327 bound) for a p90 TTFT ~10% higher; without shared prefixes it is the same everywhere and changes nothing.
 
@@ -113,17 +113,14 @@ class ForesightPolicy(RoutingPolicy):
         """``(queue_s, prefill_s, kv_s, work_s)`` of ``request`` on ``r``; see the module docstring."""
         ahead = r.local.prefill_tokens + r.remote.prefill_tokens + self.peers * st.own_prefill
         uncached = prompt * (1.0 - match)
-        beside = 0.0
-        if st.beside_ratio is not None and st.long_prefill:
-            # Long running prefills share each step with admissions: they delay this request by at most their share
-            # of the steps its own queue and prefill take, not by all their remaining tokens.
-            # The gateways counted them whole on dispatch: take that count out of the queued work.
-            beside = st.long_prefill
-            ahead = max(0.0, ahead - st.long_prefill_total)
+        # Long running prefills share each step with admissions: they delay this request by at most their share of
+        # the steps its own queue and prefill take, not by all their remaining tokens.
+        ratio = st.beside_ratio if st.long_prefill else None
+        if ratio is not None:
+            ahead = max(0.0, ahead - st.long_prefill_total)  # the gateways counted them whole on dispatch
         if st.waiting > ahead:
             ahead = st.waiting
-        if beside:
-            beside = min(beside, (ahead + uncached) * st.beside_ratio)  # type: ignore[operator]
+        beside = min(st.long_prefill, (ahead + uncached) * ratio) if ratio is not None else 0.0
         queue_s = (ahead + beside) / st.prefill_tps
         prefill_s = uncached / st.prefill_tps
         kv_s = 0.0

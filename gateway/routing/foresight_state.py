@@ -94,4 +94,3 @@ class ReplicaState:
         reserve, budget = _f(load, "prefill_reserve"), _f(load, "max_batched_tokens")
         self.beside_ratio = (budget - reserve) / reserve if 0 < reserve < budget else None
         return True
-

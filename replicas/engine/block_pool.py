@@ -128,6 +128,10 @@ class BlockPool:
         return len(self.host) if self.host is not None else 0
 
     @property
+    def num_host_slots(self) -> int:
+        return self.host.num_slots if self.host is not None else 0
+
+    @property
     def num_free(self) -> int:
         """Blocks an allocation can take (free and cached alike)."""
         return len(self.free_queue)

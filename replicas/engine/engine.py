@@ -369,7 +369,7 @@ class Engine:
             "kv_events_epoch": self.publisher.epoch, "kv_events_seq": self.publisher.seq,
             "runner": self.runner.name,
             # Beyond DESIGN.md section 3: the host tier (prefixes the replica reloads instead of recomputing).
-            "kv_host_blocks_total": p.host.num_slots if p.host is not None else 0,
+            "kv_host_blocks_total": p.num_host_slots,
             "kv_host_blocks_cached": p.num_host_cached,
         }
 

@@ -31,6 +31,11 @@ class Transfers:
     def __bool__(self) -> bool:
         return bool(self.offloads or self.loads)
 
+    @property
+    def num_blocks(self) -> int:
+        """Blocks that cross the host link (either way)."""
+        return len(self.offloads) + len(self.loads)
+
 
 class HostTier:
     def __init__(self, num_slots: int) -> None:

@@ -5,7 +5,8 @@ tokens toward its total (``Request.num_tokens``), which covers chunked prefill (
 remaining budget gets a chunk of it), decode (one token) and prefix hits (a newly admitted request starts
 from its cached prefix, on the device or loaded back from the pool's host tier) alike. When the pool runs out
 of blocks for a running request, the newest running request is preempted: its blocks are freed (their content
-stays cached until evicted) and it goes back to the head of the waiting queue, to be recomputed later. No request is admitted in a step that preempted.
+stays cached until evicted) and it goes back to the head of the waiting queue, to be recomputed later. No request
+is admitted in a step that preempted.
 
 Admission order: preempted requests first, then by ``Request.priority`` (lower first, as vLLM's; default 0; the
 gateway sends its predicted work, so shortest predicted job first), equal priorities in arrival order (FIFO). A

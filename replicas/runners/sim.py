@@ -129,8 +129,7 @@ class SimRunner(ModelRunner):
         chunks = [(c.request.num_computed_tokens, c.num_new_tokens, c.sample) for c in batch.chunks]
         duration = self.cost.step_time(chunks)
         if batch.transfers:
-            moved = len(batch.transfers.offloads) + len(batch.transfers.loads)
-            duration += self.cost.transfer_time(moved * self._block_size)
+            duration += self.cost.transfer_time(batch.transfers.num_blocks * self._block_size)
         now = time.monotonic()
         if self._clock is None:
             # From idle: the host work since the earliest arrival (parsing, hashing, scheduling) is absorbed
