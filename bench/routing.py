@@ -12,6 +12,7 @@ workload open-loop over HTTP (``bench.replay``); ``sim`` runs the same policies 
 
 A policy item is ``NAME`` or ``LABEL=NAME?k=v&k=v``: ``predictor=off|default`` (live gateway flag) and
 ``estimator=history|oracle`` (sim) are read by the harness, any other key is a ``--policy-opt``.
+``--jobs N`` runs up to N DES runs side by side (sim mode; results are the same, on a virtual clock).
 Goodput: the largest tested rate at which at least 90% of requests met both SLOs (rejections and failures count
 as misses). Writes one JSON with every run, a table on stdout, a TTFT CDF per policy and a goodput curve.
 """
@@ -19,6 +20,9 @@ as misses). Writes one JSON with every run, a table on stdout, a TTFT CDF per po
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -161,29 +165,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cost = profile(args.sim_profile)
     # The ideal-LRU bound of the fleet's whole prefix cache: device KV plus the host tier when there is one.
     fleet_kv = args.replicas * (cost.kv_capacity_tokens() + cost.kv_blocks_in(args.host_kv_memory, 1))
-    for kind, value in levels(args):
-        ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
-                                   "rate": value if kind == "rate" else None})
-        reqs = build_workload(ns, synth)
-        ceiling = traces.prefix_ceiling(reqs)
-        bound = traces.lru_bound(reqs, fleet_kv) if ceiling else None
-        for v in variants:
-            if args.mode == "sim":
-                from bench.routing_sim import run_sim
+    def record(kind: str, value: float, v: Variant, ceiling: float | None, bound: float | None,
+               summary: dict[str, Any], ttft: list[float]) -> None:
+        runs.append({"label": v.label, "policy": v.policy, "options": v.options, "harness": v.harness,
+                     "level_kind": kind, "level": value, **summary, "prefix_ceiling": ceiling,
+                     # Each TTFT to the millisecond: the CDF needs no more, and whole-trace runs stay small.
+                     "fleet_lru_bound": bound, "ttft": [round(t, 3) for t in ttft]})
+        print(f"[{kind}={value}] {v.label}: offered {summary['offered_rps']:.2f} rps, "
+              f"p90 TTFT {summary['ttft_p90'] if summary['ttft_p90'] is not None else float('nan'):.2f}s, "
+              f"SLO {summary['slo_attainment']:.3f}, hit {summary.get('prefix_hit_rate')}", flush=True)
 
-                summary, ttft = run_sim(args, v, reqs)
-            else:
-                from bench.routing_live import run_live
+    from bench.routing_sim import run_sim
 
-                summary, ttft = run_live(args, v, reqs, synth)
-            row = {"label": v.label, "policy": v.policy, "options": v.options, "harness": v.harness,
-                   "level_kind": kind, "level": value, **summary, "prefix_ceiling": ceiling,
-                   # Each TTFT to the millisecond: the CDF needs no more, and whole-trace runs stay small.
-                   "fleet_lru_bound": bound, "ttft": [round(t, 3) for t in ttft]}
-            runs.append(row)
-            print(f"[{kind}={value}] {v.label}: offered {summary['offered_rps']:.2f} rps, "
-                  f"p90 TTFT {summary['ttft_p90'] if summary['ttft_p90'] is not None else float('nan'):.2f}s, "
-                  f"SLO {summary['slo_attainment']:.3f}, hit {summary.get('prefix_hit_rate')}", flush=True)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if args.mode == "sim" and args.jobs > 1:
+            # DES runs keep virtual time: running them side by side changes nothing but the wall clock.
+            pool = stack.enter_context(ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")))
+        sim_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})  # picklable
+        pending = []
+        for kind, value in levels(args):
+            ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
+                                       "rate": value if kind == "rate" else None})
+            reqs = build_workload(ns, synth)
+            ceiling = traces.prefix_ceiling(reqs)
+            bound = traces.lru_bound(reqs, fleet_kv) if ceiling else None
+            for v in variants:
+                if pool is not None:
+                    pending.append((kind, value, v, ceiling, bound, pool.submit(run_sim, sim_args, v, reqs)))
+                elif args.mode == "sim":
+                    record(kind, value, v, ceiling, bound, *run_sim(sim_args, v, reqs))
+                else:
+                    from bench.routing_live import run_live
+
+                    record(kind, value, v, ceiling, bound, *run_live(args, v, reqs, synth))
+        for kind, value, v, ceiling, bound, future in pending:
+            record(kind, value, v, ceiling, bound, *future.result())
     result = report(runs, variants)
     print_table(result)
     name = args.name or f"routing-{args.mode}"
@@ -214,6 +231,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sim-block-size", type=int, default=16, help="sim: KV block size of the simulated replicas")
     p.add_argument("--host-kv-memory", type=byte_size, default=0,
                    help="host-tier KV memory per replica (e.g. 200G; replica --host-kv-memory); default 0: none")
+    p.add_argument("--jobs", type=int, default=1, help="sim: DES runs side by side (processes; one per core)")
+    p.add_argument("--decode-step-tokens", type=int, default=None,
+                   help="replica --decode-step-tokens (step budget while requests decode); default: the replica's")
     p.add_argument("--name", default=None, help="results file stem under bench/results/")
     p.add_argument("--json", default=None)
     p.set_defaults(func=lambda a: (run(a), 0)[1])

@@ -50,6 +50,8 @@ def run_live(args: argparse.Namespace, variant: Any, reqs: list, synth: Any) -> 
         replica_extra = ["--redis", redis_url] if redis_url else []
         if args.host_kv_memory:
             replica_extra += ["--host-kv-memory", str(args.host_kv_memory)]
+        if args.decode_step_tokens:
+            replica_extra += ["--decode-step-tokens", str(args.decode_step_tokens)]
         replicas = fleet.replicas(args.replicas, args.sim_profile, args.model, replica_extra)
         urls = [r.url for r in replicas]
         if variant.external:

@@ -14,7 +14,8 @@ def run_sim(args: argparse.Namespace, variant: Any, reqs: list) -> tuple[dict[st
         raise SystemExit(f"--external {variant.label}: external routers run only with --mode live")
     cfg = SimConfig(variant.policy, replicas=args.replicas, profile=args.sim_profile, options=dict(variant.options),
                     gateways=args.gateways, estimator=variant.harness.get("estimator", "history"),
-                    block_size=args.sim_block_size, host_kv_memory=args.host_kv_memory)
+                    block_size=args.sim_block_size, host_kv_memory=args.host_kv_memory,
+                    decode_step_tokens=args.decode_step_tokens)
     out = Cluster(cfg).run(reqs)
     summary = summarize(out.results, out.virtual_s, args.slo_ttft, args.slo_tpot)
     summary.update(prefix_hit_rate=out.prefix_hit_rate, preemptions=out.preemptions, sim_wall_s=out.wall_s,

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill-reserve", type=int, default=None,
                    help="tokens of each step's budget that a running prefill leaves to waiting requests, so a long "
                         "prompt does not block short ones (default: a quarter of --max-batched-tokens; 0: none)")
+    p.add_argument("--decode-step-tokens", type=int, default=None,
+                   help="tokens per step at most while requests are decoding: smaller prefill chunks keep the time "
+                        "between output tokens short (default: a quarter of --max-batched-tokens; set it equal to "
+                        "--max-batched-tokens for no cap)")
     p.add_argument("--kv-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
     p.add_argument("--kv-cache-memory", type=byte_size, default=None, help="KV memory in bytes (e.g. 4G)")
     p.add_argument("--host-kv-memory", type=byte_size, default=0,
@@ -66,6 +70,7 @@ def config_from_args(args: argparse.Namespace):  # -> ReplicaConfig
         dtype=args.dtype, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
         max_batched_tokens=args.max_batched_tokens, max_model_len=args.max_model_len, max_waiting=args.max_waiting,
         priority_max_wait_s=args.priority_max_wait, prefill_reserve=args.prefill_reserve,
+        decode_step_tokens=args.decode_step_tokens,
         kv_blocks=args.kv_blocks, kv_cache_memory=args.kv_cache_memory, host_kv_memory=args.host_kv_memory,
         sim_profile=args.sim_profile,
         sim_output_mean=args.sim_output_mean, sim_seed=args.sim_seed, hash_seed=args.hash_seed,

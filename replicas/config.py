@@ -26,6 +26,7 @@ class ReplicaConfig:
     max_waiting: int = 1024  # queued requests at most; beyond, the server answers 503 with Retry-After
     priority_max_wait_s: float = 30.0  # a request queued this long goes before any with a lower priority
     prefill_reserve: int | None = None  # step budget a running prefill leaves to admissions (None: a quarter)
+    decode_step_tokens: int | None = None  # step budget while requests decode (None: a quarter of the budget)
     kv_blocks: int | None = None  # override the KV pool size in blocks
     kv_cache_memory: int | None = None  # bytes of KV memory (used when kv_blocks is None)
     host_kv_memory: int = 0  # bytes of host RAM for the second KV tier (evicted prefixes; 0: no tier)
@@ -65,6 +66,8 @@ class ReplicaConfig:
             raise ValueError("max_model_len must be at least 2")
         if self.prefill_reserve is not None and not 0 <= self.prefill_reserve < self.max_batched_tokens:
             raise ValueError("prefill_reserve must be at least 0 and below max_batched_tokens")
+        if self.decode_step_tokens is not None and self.decode_step_tokens <= 0:
+            raise ValueError("decode_step_tokens must be positive")
         if self.host_kv_memory < 0:
             raise ValueError("host_kv_memory must be zero or positive")
         if self.kv_blocks is not None and self.kv_blocks <= 0:

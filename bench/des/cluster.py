@@ -51,6 +51,7 @@ class SimConfig:
     host_kv_memory: int = 0  # bytes of host-tier KV per replica (0: none)
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
+    decode_step_tokens: int | None = None
     block_size: int = 16
 
 
@@ -96,7 +97,8 @@ class Cluster:
         host_blocks = cost.kv_blocks_in(cfg.host_kv_memory, cfg.block_size)
         self.replicas = [SimReplica(f"r{i}", cost, block_size=cfg.block_size, kv_blocks=cfg.kv_blocks,
                                     host_blocks=host_blocks, max_num_seqs=cfg.max_num_seqs,
-                                    max_batched_tokens=cfg.max_batched_tokens)
+                                    max_batched_tokens=cfg.max_batched_tokens,
+                                    decode_step_tokens=cfg.decode_step_tokens)
                          for i in range(cfg.replicas)]
         self.policies = []
         self.views: list[list[ReplicaView]] = []

@@ -35,12 +35,13 @@ def _event_dict(ev: BlockStored | BlockRemoved | AllBlocksCleared) -> dict[str, 
 class SimReplica:
     def __init__(self, replica_id: str, cost: CostModel, *, block_size: int = 16, max_num_seqs: int = 256,
                  max_batched_tokens: int = 8192, kv_blocks: int | None = None, host_blocks: int = 0,
-                 alpha: float = 0.2) -> None:
+                 alpha: float = 0.2, decode_step_tokens: int | None = None) -> None:
         self.id = replica_id
         self.cost = cost
         blocks = kv_blocks or max(1, cost.kv_capacity_tokens() // block_size)
         self.pool = BlockPool(blocks, block_size, host_blocks=host_blocks)
-        self.scheduler = Scheduler(self.pool, max_num_seqs, max_batched_tokens)
+        self.scheduler = Scheduler(self.pool, max_num_seqs, max_batched_tokens,
+                                   decode_step_tokens=decode_step_tokens)
         self.busy = False
         self._batch: list[tuple[Request, int, bool]] = []
         self.alpha = alpha

@@ -69,6 +69,7 @@ class ForesightPolicy(RoutingPolicy):
         self.alpha = float(o.get("rate_alpha", 0.2))
         self.use_output = o.get("use_output_estimate", "1") not in ("0", "false", "no")
         self.work_weight = float(o.get("work_weight", 3.0))
+        self.backlog_s = float(o.get("backlog_s", 0.0))
         self.report_weight = float(o.get("report_weight", 1.0))
         self.explain_top = int(o.get("explain_top", 8))
         # Send the predicted work (uncached prompt + predicted output tokens) as the replica's admission priority:
@@ -175,6 +176,11 @@ class ForesightPolicy(RoutingPolicy):
         output = request.output_p90 if self.use_output else 0.0
         terms = [self._terms(r, st, matched.get(r.id, 0.0), prompt, output)
                  for r, st in zip(replicas, states, strict=True)]
+        if self.backlog_s > 0 and terms:
+            wait = min(t[0] + t[2] for t in terms)
+            if wait > 0:
+                scale = 1.0 + wait / self.backlog_s
+                terms = [(a, b, c, d * scale) for a, b, c, d in terms]
         return [a + b + c + d for a, b, c, d in terms], terms, matched
 
     def rank(self, request: RequestView, replicas: Sequence[ReplicaView]) -> Decision:

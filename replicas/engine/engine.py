@@ -113,7 +113,7 @@ class Engine:
         self.pool = BlockPool(runner.kv_capacity_blocks(cfg.block_size), cfg.block_size, cfg.hash_seed,
                               host_blocks=runner.host_kv_capacity_blocks(cfg.block_size))
         self.scheduler = Scheduler(self.pool, cfg.max_num_seqs, cfg.max_batched_tokens, cfg.priority_max_wait_s,
-                                   cfg.prefill_reserve)
+                                   cfg.prefill_reserve, cfg.decode_step_tokens)
         self.publisher = publisher or KVEventPublisher(cfg.replica_id)
         self.publisher.emit([AllBlocksCleared()])  # seq 1 of every epoch: the replica starts empty
         self.listeners: list[EngineListener] = []

@@ -20,6 +20,11 @@ it; with nothing waiting it takes all. A prefill that can finish within two step
 at most that long, and cutting it would delay its own first token by a step (on the Azure trace, prompts of up to
 14k tokens, cutting prefills above one step's budget cost 0.5% of requests their SLO at 210 rps).
 
+Time between tokens: while any running request decodes, a step schedules at most ``decode_step_tokens`` tokens
+(default a quarter of ``max_batched_tokens``), as Sarathi-Serve sizes its chunks to a time-between-tokens target. A
+prefill step is compute bound well below 8k tokens on a GPU, so smaller chunks cost its rate little, while every
+decode sharing a step with an 8k-token chunk waits for all of it.
+
 Limits: ``max_num_seqs`` running requests, ``max_batched_tokens`` per step. ``max_waiting`` and
 ``max_model_len`` are enforced on admission by the engine.
 """
@@ -58,10 +63,14 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, pool: BlockPool, max_num_seqs: int = 256, max_batched_tokens: int = 8192,
-                 priority_max_wait_s: float = 30.0, prefill_reserve: int | None = None) -> None:
+                 priority_max_wait_s: float = 30.0, prefill_reserve: int | None = None,
+                 decode_step_tokens: int | None = None) -> None:
         self.pool = pool
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
+        # Step budget while requests decode (default a quarter); see the module docstring.
+        self.decode_step_tokens = min(decode_step_tokens or max(1, max_batched_tokens // 4), max_batched_tokens)
+        self._step_budget = max_batched_tokens  # the last step's budget (``_is_long`` measures against it)
         # Budget a continuing prefill leaves to admissions while requests wait (default a quarter; 0: none).
         self.prefill_reserve = max_batched_tokens // 4 if prefill_reserve is None else prefill_reserve
         self.priority_max_wait_s = priority_max_wait_s
@@ -129,10 +138,16 @@ class Scheduler:
         now = time.monotonic() if now is None else now
         self.pool.begin_step()
         budget = self.max_batched_tokens
+        if self.decode_step_tokens < budget and any(r.output_token_ids for r in self.running):
+            budget = self.decode_step_tokens
+        self._step_budget = budget
         out = SchedulerOutput(StepBatch([]))
         bs = self.pool.block_size
-        # Someone could be admitted this step: a long prefill then leaves ``prefill_reserve`` of the budget to them.
-        reserve = self.prefill_reserve if self.waiting and len(self.running) < self.max_num_seqs else 0
+        # Someone could be admitted this step: a long prefill then leaves ``prefill_reserve`` of the budget to them
+        # (the same share of a capped budget).
+        reserve = 0
+        if self.waiting and len(self.running) < self.max_num_seqs:
+            reserve = self.prefill_reserve * budget // self.max_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
@@ -207,7 +222,7 @@ class Scheduler:
 
     def _is_long(self, left: int) -> bool:
         """A prefill the reserve applies to: more tokens left than two steps' budget."""
-        return left > 2 * self.max_batched_tokens
+        return left > 2 * self._step_budget
 
     def running_tokens(self) -> int:
         return sum(r.num_tokens for r in self.running)

@@ -1,4 +1,4 @@
-"""`foresight replica` flags reach the replica config (sizes with units, the host KV tier)."""
+"""`foresight replica` flags reach the replica config (sizes with units, the host KV tier, the decode step budget)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,19 @@ def test_host_kv_memory_reaches_the_config() -> None:
     assert cfg.host_kv_memory == 2 * 10**9 and cfg.kv_cache_memory == 64 * 10**6
     with pytest.raises(SystemExit):
         parser.parse_args(["replica", "--host-kv-memory", "lots"])
+
+
+def test_decode_step_tokens_reaches_the_scheduler_and_is_validated() -> None:
+    from replicas.engine.block_pool import BlockPool
+    from replicas.engine.scheduler import Scheduler
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    cfg = config_from_args(parser.parse_args(["replica", "--decode-step-tokens", "2048"]))
+    cfg.validate()
+    assert cfg.decode_step_tokens == 2048
+    assert Scheduler(BlockPool(8, 16), decode_step_tokens=cfg.decode_step_tokens).decode_step_tokens == 2048
+    assert Scheduler(BlockPool(8, 16), max_batched_tokens=1024, decode_step_tokens=4096).decode_step_tokens == 1024
+    cfg.decode_step_tokens = 0
+    with pytest.raises(ValueError, match="decode_step_tokens"):
+        cfg.validate()

@@ -181,3 +181,25 @@ def test_the_fleet_work_of_recomputing_a_prefix_keeps_a_close_call_with_the_cach
     p = policy(work_weight="0")  # TTFT alone
     warm(p, SYSTEM + "q1", replicas, "r0")
     assert p.rank(req(SYSTEM + "q2"), replicas).ranked[0] == "r1"
+
+
+def test_under_a_fleet_wide_backlog_recomputing_a_prefix_weighs_more() -> None:
+    # Both replicas are queued (r1 5 s, r0 6 s); r0 holds the ~2k-token prefix (0.2 s of prefill). Moving to r1
+    # wins 0.8 s of TTFT for 0.2 s of work (0.6 s at weight 3): TTFT alone moves it. With the backlog scaling, that
+    # work delays every request queued in the fleet for the next 5 s, so it stays with its cache.
+    replicas = views(2)
+    replicas[0].load = report(waiting_prompt_tokens=60000)
+    replicas[1].load = report(waiting_prompt_tokens=50000)
+    p = policy(backlog_s="0")
+    warm(p, SYSTEM + "q1", replicas, "r0")
+    assert p.rank(req(SYSTEM + "q2"), replicas).ranked[0] == "r1"
+    p = policy(backlog_s="1")
+    warm(p, SYSTEM + "q1", replicas, "r0")
+    d = p.rank(req(SYSTEM + "q2"), replicas)
+    assert d.ranked[0] == "r0"
+    # The scale is 1 + the fleet's shortest wait (r1's 5 s) over backlog_s.
+    assert d.explanation["r1"]["work_s"] == pytest.approx(3 * 6 * d.explanation["r1"]["prefill_s"])
+    # An idle replica means no backlog: the same queues beside it leave the work term unscaled.
+    replicas = [*replicas, views(3)[2]]
+    d = p.rank(req(SYSTEM + "q3"), replicas)
+    assert d.explanation["r1"]["work_s"] == pytest.approx(3 * d.explanation["r1"]["prefill_s"])

@@ -24,7 +24,7 @@ def complete(sched: Scheduler, out: SchedulerOutput, token: int = 7) -> None:
 
 
 def test_budget_caps_a_step_and_running_requests_go_first() -> None:
-    s = Scheduler(BlockPool(64, BS), max_num_seqs=8, max_batched_tokens=10)
+    s = Scheduler(BlockPool(64, BS), max_num_seqs=8, max_batched_tokens=10, decode_step_tokens=10)
     a, b = req("a", 6), req("b", 6, 100)
     s.add(a)
     s.add(b)
@@ -103,3 +103,34 @@ def test_a_request_larger_than_the_pool_is_reported_unfittable() -> None:
     complete(s, s.schedule())
     out = s.schedule()  # 9 tokens need 3 blocks: more than the whole pool
     assert out.unfittable == [a] and a not in s.running
+
+
+def test_decoding_requests_cap_the_step_budget() -> None:
+    # Budget 40, 12 while anyone decodes: a long prompt arriving beside a decode is prefilled in small chunks.
+    s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=40, decode_step_tokens=12)
+    a = req("a", 8)
+    s.add(a)
+    out = s.schedule()
+    assert [c.num_new_tokens for c in out.batch.chunks] == [8]  # nobody decodes yet: the whole budget is there
+    complete(s, out)
+    s.add(req("b", 100, 1000))
+    out = s.schedule()
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks] == [("a", 1), ("b", 11)]
+    complete(s, out)
+    s.remove(a)  # the decode ends: b's prefill takes the whole budget again
+    out = s.schedule()
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks] == [("b", 40)]
+
+
+def test_the_prefill_reserve_shrinks_with_a_capped_budget() -> None:
+    s = Scheduler(BlockPool(512, BS), max_num_seqs=8, max_batched_tokens=40, prefill_reserve=10,
+                  decode_step_tokens=20)
+    s.add(req("a", 4))
+    complete(s, s.schedule())  # a decodes from now on
+    s.add(req("long", 400, 1000))
+    complete(s, s.schedule())  # a + 19 tokens of the long prompt (nobody waits: no reserve)
+    s.add(req("short", 8, 5000))
+    out = s.schedule()
+    # The capped budget is 20; the reserve is a quarter of it (5): a 1, long 14, short the last 5.
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks] == [("a", 1), ("long", 14),
+                                                                                      ("short", 5)]

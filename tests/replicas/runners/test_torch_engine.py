@@ -90,8 +90,10 @@ async def test_continuous_batching_is_token_identical_to_generate(tiny_model_dir
     tokenizer = load_tokenizer(tiny_model_dir)
     prompts = make_prompts(tokenizer.vocab_size)
     lengths = [6 + (i * 5) % 19 for i in range(len(prompts))]
+    # The whole budget while others decode (no --decode-step-tokens cap): more blocks in use at once, so the
+    # small pool preempts.
     cfg = ReplicaConfig(model=str(tiny_model_dir), runner="torch", kv_blocks=24, max_num_seqs=10,
-                        max_batched_tokens=48)
+                        max_batched_tokens=48, decode_step_tokens=48)
     runner = TorchRunner.from_config(cfg)
     engine = Engine(cfg, runner, tokenizer)
     watch = StepWatch()
