@@ -1,12 +1,14 @@
 """The scheduler: one rule, as vLLM's, under one token budget per step.
 
-Running requests first (oldest first), then waiting ones: each scheduled request advances its computed
-tokens toward its total (``Request.num_tokens``), which covers chunked prefill (a prompt larger than the
-remaining budget gets a chunk of it), decode (one token) and prefix hits (a newly admitted request starts
-from its cached prefix, on the device or loaded back from the pool's host tier) alike. When the pool runs out
-of blocks for a running request, the newest running request is preempted: its blocks are freed (their content
-stays cached until evicted) and it goes back to the head of the waiting queue, to be recomputed later. No request
-is admitted in a step that preempted.
+Running requests first (decodes, then running prefills, each oldest first), then waiting ones: each scheduled
+request advances its computed tokens toward its total (``Request.num_tokens``), which covers chunked prefill (a
+prompt larger than the remaining budget gets a chunk of it), decode (one token) and prefix hits (a newly admitted
+request starts from its cached prefix, on the device or loaded back from the pool's host tier) alike. Decodes go
+first because an older running prefill would otherwise take the whole budget step after step while every younger
+request's decode waits for its whole prompt (stall-free batching, as Sarathi-Serve's). When the pool runs out of
+blocks for a running request, the newest running request not yet in the step is preempted: its blocks are freed
+(their content stays cached until evicted) and it goes back to the head of the waiting queue, to be recomputed
+later. No request is admitted in a step that preempted.
 
 Admission order: preempted requests first, then by ``Request.priority`` (lower first, as vLLM's; default 0; the
 gateway sends its predicted work, so shortest predicted job first), equal priorities in arrival order (FIFO). A
@@ -148,35 +150,36 @@ class Scheduler:
         reserve = 0
         if self.waiting and len(self.running) < self.max_num_seqs:
             reserve = self.prefill_reserve * budget // self.max_batched_tokens
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        scheduled: set[int] = set()  # id() of the running requests in this step's batch
+        for req in self._running_order():
+            if budget <= 0:
+                break
+            if req.status is not RequestStatus.RUNNING:  # preempted earlier in this step
+                continue
             left = req.num_tokens - req.num_computed_tokens
             num_new = min(left, budget)
             if reserve and self._is_long(left):
                 num_new = min(num_new, budget - reserve)
                 if num_new <= 0:  # the rest of the budget is the admissions'
-                    i += 1
                     continue
             if cdiv(req.num_computed_tokens + num_new, bs) > self.pool.num_blocks:
-                self.running.pop(i)
+                self._drop_running(req)
                 out.unfittable.append(req)
                 continue
-            scheduled = True
             # Fast path: a decode step inside the request's last block needs no allocation.
             fits = num_new == 1 and req.num_computed_tokens < len(req.block_ids) * bs
             while not fits and not self.pool.allocate(req, num_new):
-                victim = self.running.pop()  # newest; always at or after i
+                victim = self._victim(req, scheduled)
+                self._drop_running(victim)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is req:
-                    scheduled = False
                     break
-            if not scheduled:
-                break
+            if req.status is not RequestStatus.RUNNING:
+                break  # the pool is exhausted: nothing more runs this step
             out.batch.chunks.append(ScheduledChunk(req, num_new, req.num_computed_tokens + num_new == req.num_tokens))
+            scheduled.add(id(req))
             budget -= num_new
-            i += 1
 
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             pick = self._next_waiting(now)
@@ -204,6 +207,29 @@ class Scheduler:
             budget -= num_new
         out.batch.transfers = self.pool.take_transfers()
         return out
+
+    def _running_order(self) -> list[Request]:
+        """Decodes (one token left) first, then the running prefills, each oldest first: an older long prefill
+        never takes the budget a decode needs, or its requests would stall for the whole prompt (stall-free
+        batching, as Sarathi-Serve's)."""
+        decodes = [r for r in self.running if r.num_tokens - r.num_computed_tokens == 1]
+        if len(decodes) == len(self.running):
+            return decodes
+        return decodes + [r for r in self.running if r.num_tokens - r.num_computed_tokens != 1]
+
+    def _victim(self, req: Request, scheduled: set[int]) -> Request:
+        """The request to preempt so that ``req`` fits: the newest running one not already in this step's batch
+        (``req`` itself when there is none)."""
+        for r in reversed(self.running):
+            if r is not req and id(r) not in scheduled:
+                return r
+        return req
+
+    def _drop_running(self, req: Request) -> None:
+        for j in range(len(self.running) - 1, -1, -1):  # by identity, newest first (victims usually are)
+            if self.running[j] is req:
+                del self.running[j]
+                return
 
     def waiting_tokens(self) -> int:
         return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)

@@ -143,3 +143,37 @@ def test_host_tier_keeps_prefixes_the_device_cannot() -> None:
     assert sum(r.pool.num_loaded for r in cluster.replicas) > 0
     assert s_tiered["ttft_p50"] < s_plain["ttft_p50"]
     assert all(r.load_report(0.0)["kv_host_blocks_total"] > 0 for r in cluster.replicas)
+
+
+def test_a_decode_step_cap_keeps_time_between_tokens_short_beside_long_prompts() -> None:
+    # A 30k-token prompt is being prefilled when four short requests arrive and start decoding beside it.
+    reqs = [TraceRequest(0, 0.0, 30_000, 10, (60_000,))]
+    reqs += [TraceRequest(1 + i, 0.1 + 0.05 * i, 200, 6, (50_000 + i,)) for i in range(4)]
+    tpot = {}
+    for cap in (8192, 2048):
+        out = Cluster(SimConfig("round_robin", replicas=1, decode_step_tokens=cap)).run(reqs)
+        tpot[cap] = max(r.tpot for r in out.results[1:])
+    # Every decode step shares the step with a chunk of the prompt: a 2k-token chunk takes a fraction of an 8k one.
+    assert tpot[2048] < 0.7 * tpot[8192], tpot
+
+
+@pytest.mark.slow
+def test_routing_command_runs_des_jobs_side_by_side_with_the_same_results(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": r.arrival_s * 1000.0, "input_length": r.input_length,
+                                         "output_length": r.output_length, "hash_ids": list(r.hash_ids or ())})
+                             + "\n" for r in conversations(groups=8, turns=3)))
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"routing-{jobs}.json"
+        proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", "--mode", "sim",
+                               "--trace", str(trace), "--replicas", "2", "--speedups", "1,2",
+                               "--policies", "round_robin,prefix", "--jobs", jobs, "--decode-step-tokens", "1024",
+                               "--json", str(out), "--name", f"test-routing-{jobs}"],
+                              capture_output=True, text=True, timeout=240,
+                              env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        data = json.loads(out.read_text())
+        assert data["config"]["decode_step_tokens"] == 1024
+        runs[jobs] = [(r["label"], r["level"], r["ttft"], r["tpot_p90"]) for r in data["runs"]]
+    assert runs["1"] == runs["2"] and len(runs["1"]) == 4

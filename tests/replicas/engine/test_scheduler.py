@@ -134,3 +134,36 @@ def test_the_prefill_reserve_shrinks_with_a_capped_budget() -> None:
     # The capped budget is 20; the reserve is a quarter of it (5): a 1, long 14, short the last 5.
     assert [(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks] == [("a", 1), ("long", 14),
                                                                                       ("short", 5)]
+
+
+def test_decodes_go_before_an_older_running_prefill() -> None:
+    # A long prompt admitted first would take the whole budget every step; the younger requests' decodes go first.
+    s = Scheduler(BlockPool(256, BS), max_num_seqs=8, max_batched_tokens=20, decode_step_tokens=20)
+    s.add(req("long", 400))
+    complete(s, s.schedule())
+    s.add(req("b", 3, 1000))
+    out = s.schedule()
+    # b waits: the long prefill leaves it the reserve (a quarter of the budget).
+    assert [(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks] == [("long", 15), ("b", 3)]
+    complete(s, out)
+    for _ in range(3):  # b decodes in every step while the long prompt goes on in the rest of the budget
+        out = s.schedule()
+        assert [(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks] == [("b", 1), ("long", 19)]
+        complete(s, out)
+
+
+def test_preemption_spares_requests_already_in_the_step() -> None:
+    # d decodes before the older long prefill; when the prefill's next chunk needs more blocks than are free, the
+    # victim is the newest request not yet in the step: none but the prefill itself, so d's decode stays.
+    s = Scheduler(BlockPool(12, BS), max_num_seqs=8, max_batched_tokens=12, decode_step_tokens=12)
+    s.add(req("long", 44))
+    complete(s, s.schedule())
+    s.add(req("d", 3, 1000))
+    steps = []
+    for _ in range(3):
+        out = s.schedule()
+        steps.append(([(c.request.request_id, c.num_new_tokens) for c in out.batch.chunks],
+                      [r.request_id for r in out.preempted]))
+        complete(s, out)
+    assert steps == [([("long", 9), ("d", 3)], []), ([("d", 1), ("long", 11)], []), ([("d", 1)], ["long"])]
+    assert s.waiting[0].request_id == "long" and s.waiting[0].status is RequestStatus.PREEMPTED
