@@ -67,6 +67,8 @@ def goodput(rows: list[dict[str, Any]]) -> float | None:
 
 
 def levels(args: argparse.Namespace) -> list[tuple[str, float]]:
+    if getattr(args, "add_results", None) and not (args.rates or args.speedups or args.rate or args.speedup):
+        return []  # a report of stored runs only
     if args.rates:
         return [("rate", float(x)) for x in args.rates.split(",")]
     if args.speedups:
@@ -148,6 +150,35 @@ def plots(runs: list[dict[str, Any]], variants: list[Variant], out_prefix: str) 
     return paths
 
 
+# What must match for runs of another result file to sit in one table with this run's.
+WORKLOAD_KEYS = ("mode", "trace", "content", "duration", "start", "slo_ttft", "slo_tpot", "replicas", "sim_profile",
+                 "host_kv_memory", "decode_step_tokens", "gateways", "spread_ties", "tokenizer", "seed")
+
+
+def added_runs(args: argparse.Namespace, variants: list[Variant]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Runs stored by earlier ``foresight bench routing`` results (``--add-results``), for one table and one goodput
+    sweep with this run's (e.g. a sweep extended by higher rates). The workload must be the same; their variants
+    join ``variants``."""
+    import json
+    from pathlib import Path
+
+    from bench import results
+
+    out, sources = [], []
+    for path in getattr(args, "add_results", None) or []:
+        data = json.loads(Path(path).read_text())
+        config = data.get("config", {})
+        differ = [k for k in WORKLOAD_KEYS if k in config and config.get(k) != getattr(args, k, None)]
+        if differ:
+            raise ValueError(f"--add-results {path}: another workload ({', '.join(differ)} differ)")
+        for r in data.get("runs", []):
+            if all(v.label != r["label"] for v in variants):
+                variants.append(Variant(r["label"], r["policy"], r.get("options", {}), r.get("harness", {})))
+            out.append(r)
+        sources.append(results.relative(path))
+    return out, sources
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench import results, traces
     from bench.replay import build_workload
@@ -201,12 +232,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     record(kind, value, v, ceiling, bound, *run_live(args, v, reqs, synth))
         for kind, value, v, ceiling, bound, future in pending:
             record(kind, value, v, ceiling, bound, *future.result())
+    stored, sources = added_runs(args, variants)
+    runs = stored + runs
     result = report(runs, variants)
     print_table(result)
     name = args.name or f"routing-{args.mode}"
     out_prefix = str(results.results_dir() / name)
     result["plots"] = [results.relative(p) for p in plots(runs, variants, out_prefix)] if runs else []
     config = {k: v for k, v in vars(args).items() if k != "func"}
+    if sources:
+        config["added_from"] = sources
     results.write_json(args.json or out_prefix + ".json", {"config": config, **result, "runs": runs})
     return result
 
@@ -232,6 +267,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host-kv-memory", type=byte_size, default=0,
                    help="host-tier KV memory per replica (e.g. 200G; replica --host-kv-memory); default 0: none")
     p.add_argument("--jobs", type=int, default=1, help="sim: DES runs side by side (processes; one per core)")
+    p.add_argument("--add-results", action="append", default=[], metavar="JSON",
+                   help="runs of an earlier result of the same workload join this one's table and goodput sweep "
+                        "(repeatable; without levels, only a report of the stored runs is written)")
     p.add_argument("--decode-step-tokens", type=int, default=None,
                    help="replica --decode-step-tokens (step budget while requests decode); default: the replica's")
     p.add_argument("--name", default=None, help="results file stem under bench/results/")

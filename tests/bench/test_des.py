@@ -177,3 +177,21 @@ def test_routing_command_runs_des_jobs_side_by_side_with_the_same_results(tmp_pa
         assert data["config"]["decode_step_tokens"] == 1024
         runs[jobs] = [(r["label"], r["level"], r["ttft"], r["tpot_p90"]) for r in data["runs"]]
     assert runs["1"] == runs["2"] and len(runs["1"]) == 4
+    # A higher level added later joins the stored runs in one sweep; another workload is refused.
+    base = ["--mode", "sim", "--trace", str(trace), "--policies", "round_robin,prefix", "--decode-step-tokens", "1024",
+            "--add-results", str(tmp_path / "routing-1.json")]
+    merged = tmp_path / "merged.json"
+    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", *base, "--replicas", "2",
+                           "--speedups", "3", "--json", str(merged), "--name", "test-merged"],
+                          capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(merged.read_text())
+    assert sorted((r["label"], r["level"]) for r in data["runs"]) == [
+        ("prefix", 1.0), ("prefix", 2.0), ("prefix", 3.0), ("round_robin", 1.0), ("round_robin", 2.0),
+        ("round_robin", 3.0)]
+    assert data["config"]["added_from"] == [str(tmp_path / "routing-1.json")]
+    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", *base, "--replicas", "3",
+                           "--name", "test-refused"], capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+    assert proc.returncode != 0 and "replicas" in proc.stderr
