@@ -27,7 +27,8 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
   work delays every request queued behind it, not one: the weight grows to ``work_weight * (1 + w / backlog_s)``
   (``backlog_s`` 0.1; 0 turns it off). Without it, sustained overload fed on itself: queues grew, requests left
   their cached replicas to dodge them, the lost hits added work and the queues grew faster (whole Mooncake trace
-  at 3.25x: hit rate 0.16 and SLO attainment 0.29; with it 0.31 and 0.88, where ``prefix`` reaches 0.76).
+  at 3.25x, replicas as vLLM schedules: hit rate 0.16 and SLO attainment 0.29; with it 0.31 and 0.88, where
+  ``prefix`` reaches 0.76).
 
 Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica from load reports (an exponential
 average of non-zero reports; ``foresight_state``). A replica that has not measured a rate yet uses the fleet's
