@@ -180,10 +180,13 @@ def bench_model(args: argparse.Namespace, name: str) -> dict[str, Any]:
               "ttft_cached_ratio": ours["ttft"]["ratio"]}
     met = {k: (v >= GOALS[k] if k != "ttft_cached_ratio" else v <= GOALS[k])
            for k, v in ratios.items() if k in GOALS and v is not None}
-    return {"model": name, "model_dir": model_dir, "requests": args.requests, "prompt_tokens": args.prompt_tokens,
+    from bench.results import relative
+
+    describe = {**ours["describe"], "model": relative(str(ours["describe"].get("model", model_dir)))}
+    return {"model": name, "model_dir": relative(model_dir), "requests": args.requests, "prompt_tokens": args.prompt_tokens,
             "output_tokens": args.output_tokens, "sequential_requests": args.sequential_requests,
             "repeats": args.repeats, "threads": torch.get_num_threads(), "device": args.device,
-            "dtype": str(dtype).removeprefix("torch."), "runner": ours["describe"],
+            "dtype": str(dtype).removeprefix("torch."), "runner": describe,
             "output_tokens_per_s": rates, "seconds": seconds, "ratios": ratios, "goals": GOALS, "goals_met": met,
             "greedy_outputs_identical_to_ours": agreement, "prefix_cache_ttft": ours["ttft"]}
 

@@ -21,9 +21,13 @@ def results_dir() -> Path:
 
 
 def relative(path: str | os.PathLike[str]) -> str:
-    """``path`` relative to the checkout when it lies inside it (results must not record the machine's layout)."""
+    """``path`` relative to the checkout when it lies inside it, else under ``~`` when it lies in the home folder
+    (results must not record the machine's layout)."""
     p = Path(path).resolve()
-    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(path)
+    if p.is_relative_to(REPO_ROOT):
+        return str(p.relative_to(REPO_ROOT))
+    home = Path.home().resolve()
+    return "~/" + str(p.relative_to(home)) if p.is_relative_to(home) else str(path)
 
 
 def shared_data_dir() -> Path:
