@@ -11,6 +11,7 @@ import pytest
 
 from bench.des.cluster import Cluster, SimConfig
 from bench.latency import summarize
+from bench.results import relative
 from bench.routing import goodput, parse_variants
 from bench.traces import TraceRequest, lru_bound, prefix_ceiling
 
@@ -190,7 +191,7 @@ def test_routing_command_runs_des_jobs_side_by_side_with_the_same_results(tmp_pa
     assert sorted((r["label"], r["level"]) for r in data["runs"]) == [
         ("prefix", 1.0), ("prefix", 2.0), ("prefix", 3.0), ("round_robin", 1.0), ("round_robin", 2.0),
         ("round_robin", 3.0)]
-    assert data["config"]["added_from"] == [str(tmp_path / "routing-1.json")]
+    assert data["config"]["added_from"] == [relative(tmp_path / "routing-1.json")]
     proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", *base, "--replicas", "3",
                            "--name", "test-refused"], capture_output=True, text=True, timeout=240,
                           env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
