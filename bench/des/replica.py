@@ -120,17 +120,5 @@ class SimReplica:
         return out
 
     def load_report(self, now: float) -> dict[str, Any]:
-        s, p = self.scheduler, self.pool
-        long_left, long_total = s.long_prefills()
-        return {
-            "replica_id": self.id, "block_size": p.block_size, "num_waiting": len(s.waiting),
-            "num_running": len(s.running), "waiting_prompt_tokens": s.waiting_tokens(),
-            "long_prefill_tokens": long_left, "long_prefill_total": long_total,
-            "prefill_reserve": s.prefill_reserve,
-            "running_tokens": s.running_tokens(), "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used,
-            "kv_blocks_cached": p.num_cached, "prefill_tokens_per_s": self.prefill_tokens_per_s,
-            "decode_step_ms": self.decode_step_ms, "ts": now, "max_num_seqs": s.max_num_seqs,
-            "max_batched_tokens": s.max_batched_tokens,
-            "kv_host_blocks_total": p.num_host_slots,
-            "kv_host_blocks_cached": p.num_host_cached,
-        }
+        return {"replica_id": self.id, **self.scheduler.load_fields(),
+                "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_step_ms": self.decode_step_ms, "ts": now}

@@ -353,24 +353,13 @@ class Engine:
     # -- state for the server -----------------------------------------------------------------------------
     def load_report(self) -> dict[str, Any]:
         """DESIGN.md section 3, plus what a gateway needs to hash prompts like this replica."""
-        s, p = self.scheduler, self.pool
-        long_left, long_total = s.long_prefills()
         return {
             "replica_id": self.cfg.replica_id, "url": self.cfg.public_url, "model": self.cfg.model_name,
-            "block_size": p.block_size, "num_waiting": len(s.waiting), "num_running": len(s.running),
-            "waiting_prompt_tokens": s.waiting_tokens(), "running_tokens": s.running_tokens(),
-            "long_prefill_tokens": long_left, "long_prefill_total": long_total,
-            "prefill_reserve": s.prefill_reserve,
-            "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used, "kv_blocks_cached": p.num_cached,
+            **self.scheduler.load_fields(),
             "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_step_ms": self.decode_step_ms,
-            "ts": time.time(),
-            "hash_seed": self.cfg.hash_seed, "max_model_len": self.max_model_len,
-            "max_num_seqs": self.cfg.max_num_seqs, "max_batched_tokens": self.cfg.max_batched_tokens,
+            "ts": time.time(), "hash_seed": self.cfg.hash_seed, "max_model_len": self.max_model_len,
             "kv_events_epoch": self.publisher.epoch, "kv_events_seq": self.publisher.seq,
             "runner": self.runner.name,
-            # Beyond DESIGN.md section 3: the host tier (prefixes the replica reloads instead of recomputing).
-            "kv_host_blocks_total": p.num_host_slots,
-            "kv_host_blocks_cached": p.num_host_cached,
         }
 
     def kv_snapshot(self) -> dict[str, Any]:

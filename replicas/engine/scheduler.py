@@ -231,6 +231,21 @@ class Scheduler:
                 del self.running[j]
                 return
 
+    def load_fields(self) -> dict[str, int]:
+        """The load report's queue and KV fields (DESIGN.md section 3, and the host tier and long prefills beyond
+        it), one source for the engine's report and the simulation's."""
+        p = self.pool
+        long_left, long_total = self.long_prefills()
+        return {
+            "block_size": p.block_size, "num_waiting": len(self.waiting), "num_running": len(self.running),
+            "waiting_prompt_tokens": self.waiting_tokens(), "running_tokens": self.running_tokens(),
+            "long_prefill_tokens": long_left, "long_prefill_total": long_total,
+            "prefill_reserve": self.prefill_reserve,
+            "kv_blocks_total": p.num_blocks, "kv_blocks_used": p.num_used, "kv_blocks_cached": p.num_cached,
+            "max_num_seqs": self.max_num_seqs, "max_batched_tokens": self.max_batched_tokens,
+            "kv_host_blocks_total": p.num_host_slots, "kv_host_blocks_cached": p.num_host_cached,
+        }
+
     def waiting_tokens(self) -> int:
         return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
 
