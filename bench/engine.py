@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.results import relative
+
 GOALS = {"vs_continuous_batching": 1.5, "vs_static_batch": 0.8, "ttft_cached_ratio": 0.25}
 
 
@@ -180,8 +182,6 @@ def bench_model(args: argparse.Namespace, name: str) -> dict[str, Any]:
               "ttft_cached_ratio": ours["ttft"]["ratio"]}
     met = {k: (v >= GOALS[k] if k != "ttft_cached_ratio" else v <= GOALS[k])
            for k, v in ratios.items() if k in GOALS and v is not None}
-    from bench.results import relative
-
     describe = {**ours["describe"], "model": relative(str(ours["describe"].get("model", model_dir)))}
     return {"model": name, "model_dir": relative(model_dir), "requests": args.requests, "prompt_tokens": args.prompt_tokens,
             "output_tokens": args.output_tokens, "sequential_requests": args.sequential_requests,

@@ -155,10 +155,10 @@ WORKLOAD_KEYS = ("mode", "trace", "content", "duration", "start", "slo_ttft", "s
                  "host_kv_memory", "decode_step_tokens", "gateways", "spread_ties", "tokenizer", "seed")
 
 
-def added_runs(args: argparse.Namespace, variants: list[Variant]) -> tuple[list[dict[str, Any]], list[str]]:
+def added_runs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     """Runs stored by earlier ``foresight bench routing`` results (``--add-results``), for one table and one goodput
-    sweep with this run's (e.g. a sweep extended by higher rates). The workload must be the same; their variants
-    join ``variants``."""
+    sweep with this run's (e.g. a sweep extended by higher rates), and their sources. Read before anything runs, so
+    that another workload is refused at once."""
     import json
     from pathlib import Path
 
@@ -171,10 +171,7 @@ def added_runs(args: argparse.Namespace, variants: list[Variant]) -> tuple[list[
         differ = [k for k in WORKLOAD_KEYS if k in config and config.get(k) != getattr(args, k, None)]
         if differ:
             raise ValueError(f"--add-results {path}: another workload ({', '.join(differ)} differ)")
-        for r in data.get("runs", []):
-            if all(v.label != r["label"] for v in variants):
-                variants.append(Variant(r["label"], r["policy"], r.get("options", {}), r.get("harness", {})))
-            out.append(r)
+        out.extend(data.get("runs", []))
         sources.append(results.relative(path))
     return out, sources
 
@@ -206,14 +203,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"p90 TTFT {summary['ttft_p90'] if summary['ttft_p90'] is not None else float('nan'):.2f}s, "
               f"SLO {summary['slo_attainment']:.3f}, hit {summary.get('prefix_hit_rate')}", flush=True)
 
-    from bench.routing_sim import run_sim
-
+    stored, sources = added_runs(args)
+    config = {k: v for k, v in vars(args).items() if k != "func"}  # the JSON's record, and picklable for the pool
     with contextlib.ExitStack() as stack:
         pool = None
-        if args.mode == "sim" and args.jobs > 1:
-            # DES runs keep virtual time: running them side by side changes nothing but the wall clock.
-            pool = stack.enter_context(ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")))
-        sim_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})  # picklable
+        if args.mode == "sim":
+            from bench.routing_sim import run_sim
+
+            sim_args = argparse.Namespace(**config)
+            if args.jobs > 1:
+                # DES runs keep virtual time: running them side by side changes nothing but the wall clock.
+                pool = stack.enter_context(ProcessPoolExecutor(args.jobs,
+                                                               mp_context=multiprocessing.get_context("fork")))
         pending = []
         for kind, value in levels(args):
             ns = argparse.Namespace(**{**vars(args), "speedup": value if kind == "speedup" else None,
@@ -232,14 +233,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     record(kind, value, v, ceiling, bound, *run_live(args, v, reqs, synth))
         for kind, value, v, ceiling, bound, future in pending:
             record(kind, value, v, ceiling, bound, *future.result())
-    stored, sources = added_runs(args, variants)
+    for r in stored:  # stored variants that this run did not measure join the table
+        if all(v.label != r["label"] for v in variants):
+            variants.append(Variant(r["label"], r["policy"], r.get("options", {}), r.get("harness", {})))
     runs = stored + runs
     result = report(runs, variants)
     print_table(result)
     name = args.name or f"routing-{args.mode}"
     out_prefix = str(results.results_dir() / name)
     result["plots"] = [results.relative(p) for p in plots(runs, variants, out_prefix)] if runs else []
-    config = {k: v for k, v in vars(args).items() if k != "func"}
     if sources:
         config["added_from"] = sources
     results.write_json(args.json or out_prefix + ".json", {"config": config, **result, "runs": runs})
