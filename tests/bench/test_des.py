@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,20 @@ def conversations(groups: int = 6, turns: int = 6, gap: float = 0.4) -> list[Tra
             ids = tuple([0] + [1000 * (g + 1) + k for k in range(2 + 2 * t)])
             out.append(TraceRequest(len(out), t * gap * groups + g * gap, 512 * len(ids) - 100, 20, ids))
     return out
+
+
+def write_trace(path: Path, reqs: list[TraceRequest]) -> Path:
+    """``reqs`` as a Mooncake-format trace, so that a command test needs no shared data beside the checkout."""
+    path.write_text("".join(json.dumps({"timestamp": r.arrival_s * 1000.0, "input_length": r.input_length,
+                                        "output_length": r.output_length, "hash_ids": list(r.hash_ids or ())})
+                            + "\n" for r in reqs))
+    return path
+
+
+def bench_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``foresight bench ARGS`` in a subprocess, results under ``tmp_path``."""
+    return subprocess.run([sys.executable, "-m", "foresight.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
 
 
 def run(policy: str, reqs: list[TraceRequest], **kw) -> tuple:
@@ -99,17 +114,9 @@ def test_variants_and_goodput() -> None:
 @pytest.mark.slow
 def test_scale_command_writes_rows_and_goals(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    # A Mooncake-format trace of its own, so that the test needs no shared data beside the checkout.
-    trace = tmp_path / "trace.jsonl"
-    trace.write_text("".join(json.dumps({"timestamp": r.arrival_s * 1000.0, "input_length": r.input_length,
-                                         "output_length": r.output_length, "hash_ids": list(r.hash_ids or ())})
-                             + "\n" for r in conversations(groups=300, turns=4)))  # > the 1,000 warm-up requests
-    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "scale", "--trace", str(trace),
-                           "--fleets", "2,4",
-                           "--policies", "round_robin,foresight", "--requests-per-replica", "3",
-                           "--json", str(out), "--name", "test-scale"],
-                          capture_output=True, text=True, timeout=240,
-                          env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+    trace = write_trace(tmp_path / "trace.jsonl", conversations(groups=300, turns=4))  # > the 1,000 warm-up requests
+    proc = bench_cli(tmp_path, "scale", "--trace", str(trace), "--fleets", "2,4", "--policies", "round_robin,foresight",
+                     "--requests-per-replica", "3", "--json", str(out), "--name", "test-scale")
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert [(r["replicas"], r["policy"]) for r in data["rows"]] == [
@@ -160,39 +167,29 @@ def test_a_decode_step_cap_keeps_time_between_tokens_short_beside_long_prompts()
 
 @pytest.mark.slow
 def test_routing_command_runs_des_jobs_side_by_side_with_the_same_results(tmp_path: Path) -> None:
-    trace = tmp_path / "trace.jsonl"
-    trace.write_text("".join(json.dumps({"timestamp": r.arrival_s * 1000.0, "input_length": r.input_length,
-                                         "output_length": r.output_length, "hash_ids": list(r.hash_ids or ())})
-                             + "\n" for r in conversations(groups=8, turns=3)))
+    trace = write_trace(tmp_path / "trace.jsonl", conversations(groups=8, turns=3))
     runs = {}
     for jobs in ("1", "2"):
         out = tmp_path / f"routing-{jobs}.json"
-        proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", "--mode", "sim",
-                               "--trace", str(trace), "--replicas", "2", "--speedups", "1,2",
-                               "--policies", "round_robin,prefix", "--jobs", jobs, "--decode-step-tokens", "1024",
-                               "--json", str(out), "--name", f"test-routing-{jobs}"],
-                              capture_output=True, text=True, timeout=240,
-                              env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+        proc = bench_cli(tmp_path, "routing", "--mode", "sim", "--trace", str(trace), "--replicas", "2",
+                         "--speedups", "1,2", "--policies", "round_robin,prefix", "--jobs", jobs,
+                         "--decode-step-tokens", "1024", "--json", str(out), "--name", f"test-routing-{jobs}")
         assert proc.returncode == 0, proc.stderr[-2000:]
         data = json.loads(out.read_text())
         assert data["config"]["decode_step_tokens"] == 1024
         runs[jobs] = [(r["label"], r["level"], r["ttft"], r["tpot_p90"]) for r in data["runs"]]
     assert runs["1"] == runs["2"] and len(runs["1"]) == 4
     # A higher level added later joins the stored runs in one sweep; another workload is refused.
-    base = ["--mode", "sim", "--trace", str(trace), "--policies", "round_robin,prefix", "--decode-step-tokens", "1024",
+    base = ["routing", "--mode", "sim", "--trace", str(trace), "--policies", "round_robin,prefix", "--decode-step-tokens", "1024",
             "--add-results", str(tmp_path / "routing-1.json")]
     merged = tmp_path / "merged.json"
-    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", *base, "--replicas", "2",
-                           "--speedups", "3", "--json", str(merged), "--name", "test-merged"],
-                          capture_output=True, text=True, timeout=240,
-                          env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+    proc = bench_cli(tmp_path, *base, "--replicas", "2", "--speedups", "3", "--json", str(merged),
+                     "--name", "test-merged")
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(merged.read_text())
     assert sorted((r["label"], r["level"]) for r in data["runs"]) == [
         ("prefix", 1.0), ("prefix", 2.0), ("prefix", 3.0), ("round_robin", 1.0), ("round_robin", 2.0),
         ("round_robin", 3.0)]
     assert data["config"]["added_from"] == [relative(tmp_path / "routing-1.json")]
-    proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "routing", *base, "--replicas", "3",
-                           "--name", "test-refused"], capture_output=True, text=True, timeout=240,
-                          env={**__import__("os").environ, "FORESIGHT_RESULTS_DIR": str(tmp_path)})
+    proc = bench_cli(tmp_path, *base, "--replicas", "3", "--name", "test-refused")
     assert proc.returncode != 0 and "replicas" in proc.stderr
