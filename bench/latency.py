@@ -52,6 +52,9 @@ def summarize(results: Sequence[Result], wall_s: float, slo_ttft: float, slo_tpo
         "duration_s": wall_s,
         "arrival_span_s": span,
         "send_lag_p99_s": pct(lags, 99),
+        # Completed requests that did not generate the trace's output length: non-zero when lengths were forced
+        # means the target did not pass the forcing on (its fleet then did different work than the others').
+        "output_length_mismatch": sum(1 for r in ok if r.output_tokens != r.output_length),
         "errors_sample": sorted({r.error for r in results if r.error})[:5],
     }
 

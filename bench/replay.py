@@ -5,8 +5,9 @@
 
 Traces: Mooncake JSONL (hash ids become token-exact shared prompt blocks, see ``bench.prompts``), Azure CSV
 (lengths only), or ``--content`` (AlpacaEval JSONL: real prompts with their real response lengths) on the trace's
-arrivals or Poisson arrivals at ``--rate``. Output lengths are forced with ``X-Sim-Output-Tokens`` and
-``max_tokens``. With ``--replica-metrics`` (the replicas' base URLs), the prefix-cache hit rate over the replay is
+arrivals or Poisson arrivals at ``--rate``. Output lengths are forced with ``X-Sim-Output-Tokens``, ``max_tokens``
+and ``ignore_eos`` (the body's fields reach the replicas through routers that drop unknown headers); the summary
+counts completed requests whose length still differs (``output_length_mismatch``). With ``--replica-metrics`` (the replicas' base URLs), the prefix-cache hit rate over the replay is
 read from their Prometheus ``/metrics`` (before/after counter deltas).
 """
 
@@ -71,6 +72,12 @@ def prepare(reqs: list, synth: Any, model: str, api: str, force_output: bool, de
             headers["X-Foresight-Debug"] = "1"
         body: dict[str, Any] = {"model": model, "max_tokens": r.output_length, "stream": True,
                                 "stream_options": {"include_usage": True}}
+        if force_output:
+            # The header alone is not enough: a router may drop headers it does not know (sglang-router does),
+            # and a simulated replica then ends the answer at a random EOS, so that router's fleet does less
+            # work. ``ignore_eos`` (vLLM's and SGLang's sampling extension) travels in the body, which every
+            # router passes on; with ``max_tokens`` it forces the length on any engine.
+            body["ignore_eos"] = True
         if api == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
             path = "/v1/chat/completions"
@@ -157,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name (default: the target's first /v1/models entry)")
     p.add_argument("--api", choices=("completions", "chat"), default=None,
                    help="endpoint (default: completions for traces, chat for --content)")
-    p.add_argument("--no-force-output", action="store_true", help="do not send X-Sim-Output-Tokens")
+    p.add_argument("--no-force-output", action="store_true", help="do not force output lengths (X-Sim-Output-Tokens, ignore_eos)")
     p.add_argument("--debug-route", action="store_true", help="send X-Foresight-Debug: 1 (keeps route headers)")
     p.add_argument("--replica-metrics", default=None, help="comma-separated replica base URLs for the hit rate")
     p.add_argument("--json", default=None, help="write the summary JSON here")

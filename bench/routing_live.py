@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,5 +74,9 @@ def run_live(args: argparse.Namespace, variant: Any, reqs: list, synth: Any) -> 
         after = asyncio.run(scrape_all(urls))
     summary = summarize(results, wall, args.slo_ttft, args.slo_tpot)
     summary["prefix_hit_rate"] = prefix_hit_rate(before, after)
+    if summary["output_length_mismatch"]:
+        print(f"warning: {variant.label}: {summary['output_length_mismatch']} of {summary['completed']} answers did "
+              "not have the trace's length (the target did not pass the forcing on): its load differs",
+              file=sys.stderr, flush=True)
     summary["logs"] = str(log_dir)
     return summary, [r.ttft for r in results if r.ttft is not None]

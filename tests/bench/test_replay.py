@@ -61,6 +61,34 @@ def test_replay_through_the_gateway_reports_latency_slo_and_prefix_hits(
     assert s["prefix_ceiling"] == pytest.approx(12 / 18)  # hits 1 + 2 + 2 + 4 + 3 of 18 blocks
 
 
+def test_forced_lengths_survive_a_router_that_drops_the_header(procs: ProcessManager, tiny_model_dir: Path) -> None:
+    """sglang-router drops ``X-Sim-Output-Tokens``: the body's ``ignore_eos`` + ``max_tokens`` must still force the
+    trace's lengths (they once did not, and that router's fleet did less work than everyone else's)."""
+    import asyncio
+
+    from bench.latency import summarize
+    from bench.prompts import PromptSynth
+    from bench.replay import prepare
+    from bench.replay_client import run_open_loop
+    from bench.traces import TraceRequest
+
+    port = free_port()
+    # A short mean answer: without forcing, most answers would end at EOS well before the trace's lengths.
+    replica = procs.spawn(foresight_cmd(
+        "replica", "--runner", "sim", "--model", str(tiny_model_dir), "--served-model-name", "tiny",
+        "--sim-profile", "h100-llama8b", "--sim-output-mean", "4", "--port", str(port)), port)
+    reqs = [TraceRequest(i, 0.01 * i, 40, 30 + i, None) for i in range(6)]
+    prepared = prepare(reqs, PromptSynth(tiny_model_dir), "tiny", "completions", True, False)
+    for p in prepared:
+        assert orjson.loads(p.body)["ignore_eos"] is True
+        del p.headers["X-Sim-Output-Tokens"]  # what a header-dropping router forwards
+    results, wall = asyncio.run(run_open_loop(replica.url, prepared, timeout=60))
+    assert [r.output_tokens for r in results] == [30 + i for i in range(6)]
+    assert summarize(results, wall, 5.0, 1.0)["output_length_mismatch"] == 0
+    results[0].output_tokens -= 1  # the summary counts a completed request whose length differs
+    assert summarize(results, wall, 5.0, 1.0)["output_length_mismatch"] == 1
+
+
 def test_replay_rejects_a_missing_trace(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "foresight.cli", "bench", "replay", "--target",
                            "http://127.0.0.1:9", "--trace", str(tmp_path / "nope.jsonl")],
