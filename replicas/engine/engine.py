@@ -268,7 +268,8 @@ class Engine:
                 for rid in self._deferred_release:
                     self.runner.release(rid)
                 self._deferred_release.clear()
-            duration = time.monotonic() - t0
+            measured = self.runner.last_step_seconds() if tokens is not None else None
+            duration = measured if measured is not None else time.monotonic() - t0
             if tokens is not None:
                 self._process(batch.chunks, tokens)
             self._account(StepStats(duration, num_prefill, num_decode,

@@ -72,6 +72,12 @@ class ModelRunner(ABC):
     def release(self, request_id: str) -> None:  # noqa: B027 - optional hook
         """Forget per-request state; default: nothing to forget."""
 
+    def last_step_seconds(self) -> float | None:
+        """How long the device worked on the last ``execute``, when the runner knows it better than the engine's
+        wall clock around the call (a simulation: its modelled time, of which lateness it absorbed was never
+        waited); None (default): the engine times the call. The engine's learned rates come from this."""
+        return None
+
     def on_idle(self) -> None:  # noqa: B027 - optional hook
         """The engine ran out of work (nothing waiting or running); a simulated clock resets here."""
 

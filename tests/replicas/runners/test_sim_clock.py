@@ -66,3 +66,38 @@ async def test_host_tier_copies_add_their_transfer_time(tiny_model_dir: Path) ->
     await runner.execute(moved)
     extra = runner.steps[-1].duration - runner.steps[-2].duration
     assert extra == pytest.approx(cost.transfer_time(3 * 16))
+
+
+async def test_last_step_seconds_is_the_modelled_time_not_the_shorter_wall_time(runner: SimRunner) -> None:
+    assert runner.last_step_seconds() is None  # nothing ran yet: the engine would time the call
+    arrival = time.monotonic() - 0.04  # host work since arrival: absorbed into the step, never waited
+    t0 = time.monotonic()
+    await runner.execute(_batch(arrival, prompt=4096))
+    wall = time.monotonic() - t0
+    modelled = runner.steps[-1].duration
+    assert runner.last_step_seconds() == modelled
+    assert wall < modelled - 0.02  # what the engine's clock saw: a rate reported from it would be inflated
+
+
+async def test_engine_learns_the_modelled_prefill_rate_when_the_host_is_late(tiny_model_dir: Path) -> None:
+    from replicas.config import ReplicaConfig
+    from replicas.engine.engine import Engine
+
+    tok = load_tokenizer(tiny_model_dir)
+    sim = SimRunner(profile("h100-llama8b"), tok, kv_blocks=1024, max_lag_s=0.05)
+    engine = Engine(ReplicaConfig(kv_blocks=1024, max_model_len=8192), sim, tok)
+    prior = engine.prefill_tokens_per_s  # the model's own figure, which the measured steps then move
+    assert prior is not None
+    try:
+        prompt = [3 + i % 500 for i in range(4000)]
+        rid = engine.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True),
+                                 arrival_time=time.monotonic() - 0.045)
+        async for outs in engine.stream_batches(rid):
+            if outs[-1].finished:
+                break
+        step = sim.steps[0]
+        assert step.duration > 0.06  # long enough that 45 ms of absorbed lateness would have shown
+        # One step into the moving average (alpha 0.2); the wall time would have read ~45 ms shorter.
+        assert engine.prefill_tokens_per_s == pytest.approx(0.8 * prior + 0.2 * 4000 / step.duration)
+    finally:
+        await engine.stop()
