@@ -272,6 +272,7 @@ class Proxy:
     async def _stream(self, request: web.Request, rv: RequestView, raw: bytes, replica: Replica, ticket: Ticket,
                       outcome: Outcome, extra: dict[str, str], t0: float) -> web.StreamResponse:
         up: aiohttp.ClientResponse | None = None
+        resp: web.StreamResponse | None = None
         clean = False
         try:
             try:
@@ -340,7 +341,13 @@ class Proxy:
             await resp.write_eof()
             return resp
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            outcome.error = "client_disconnect"
+            # The client went away while we wrote (before the connection-lost callback could cancel this
+            # handler). Its answer has started, so there is nothing to send: return the response, which aiohttp
+            # finishes quietly; raising would log a server error with a traceback for every such client.
+            if not clean:
+                outcome.error = "client_disconnect"
+            if resp is not None and resp.prepared:
+                return resp
             raise
         finally:
             if up is not None:

@@ -16,7 +16,8 @@ from gateway.config import GatewayConfig
 
 class FaultyBackend(MockBackend):
     """``fault``: None, "503" (answer 503), "500", "drop" (close the connection before answering),
-    "midstream" (send two chunks then drop), "hang" (never answer); ``seen`` counts requests received."""
+    "midstream" (send two chunks then drop), "hang" (never answer), "slow" (a chunk every 50 ms for 2 s);
+    ``seen`` counts requests received, ``cancelled`` the hung or slow ones whose client went away."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -52,6 +53,21 @@ class FaultyBackend(MockBackend):
             await asyncio.sleep(0.05)
             request.transport.close()
             raise asyncio.CancelledError
+        if self.fault == "slow":
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            try:
+                for _ in range(40):
+                    await resp.write(self._chunk(route, "tick ", None))
+                    await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            except ConnectionResetError:  # the gateway closed the upstream connection: a quiet end
+                self.cancelled += 1
+                return resp
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
         return await super()._complete(request, route)
 
 

@@ -150,6 +150,52 @@ async def test_client_disconnect_cancels_upstream_and_releases_accounting() -> N
         assert replica.local.requests == 0 and replica.local.decode_tokens == 0
 
 
+async def test_client_gone_mid_stream_closes_upstream_without_a_server_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without handler cancellation the gateway notices a departed client at its next write (with it, the same
+    happens whenever the client leaves between the connection-lost callback and a write): the upstream is
+    closed, the accounting released, and nothing is logged as a server error."""
+    import logging
+
+    from aiohttp import web
+
+    from gateway.app import build_app
+    from gateway.config import GatewayConfig
+    from tests.gateway.fakes import FaultyBackend
+
+    backend = FaultyBackend(model="mock", replica_id="b0")
+    backend.fault = "slow"
+    b_runner = web.AppRunner(backend.app())
+    await b_runner.setup()
+    b_port = free_port()
+    await web.TCPSite(b_runner, "127.0.0.1", b_port).start()
+    app = build_app(GatewayConfig(replicas=[f"http://127.0.0.1:{b_port}"], policy="round_robin",
+                                  predictor="off", probe_interval=0.2))
+    g_runner = web.AppRunner(app, handler_cancellation=False)
+    await g_runner.setup()
+    g_port = free_port()
+    await web.TCPSite(g_runner, "127.0.0.1", g_port).start()
+    caplog.set_level(logging.INFO)
+    try:
+        replica = next(iter(gateway_of(app).registry))
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(f"http://127.0.0.1:{g_port}/v1/chat/completions", json={**CHAT, "stream": True})
+            assert r.status == 200
+            assert b"tick" in await r.content.readany()
+            r.close()  # the client leaves mid-answer
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if backend.cancelled:
+                break
+        assert backend.cancelled == 1  # the upstream request was closed, not left to run for its 2 s
+        assert replica.local.requests == 0
+        errors = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert not errors, [rec.getMessage() for rec in errors]
+    finally:
+        await g_runner.cleanup()
+        await b_runner.cleanup()
+
+
 async def test_upstream_client_error_passes_through() -> None:
     async with cluster(1) as (url, backends, _app):
         async with aiohttp.ClientSession() as s:
