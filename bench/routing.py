@@ -24,6 +24,7 @@ import contextlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -160,7 +161,6 @@ def added_runs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
     sweep with this run's (e.g. a sweep extended by higher rates), and their sources. Read before anything runs, so
     that another workload is refused at once."""
     import json
-    from pathlib import Path
 
     from bench import results
 
@@ -239,8 +239,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = stored + runs
     result = report(runs, variants)
     print_table(result)
-    name = args.name or f"routing-{args.mode}"
-    out_prefix = str(results.results_dir() / name)
+    # The plots go beside the JSON: ``--json`` names it, else ``--name`` under bench/results.
+    out_prefix = (str(Path(args.json).with_suffix("")) if args.json
+                  else str(results.results_dir() / (args.name or f"routing-{args.mode}")))
     result["plots"] = [results.relative(p) for p in plots(runs, variants, out_prefix)] if runs else []
     if sources:
         config["added_from"] = sources
@@ -275,5 +276,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-step-tokens", type=int, default=None,
                    help="replica --decode-step-tokens (step budget while requests decode); default: the replica's")
     p.add_argument("--name", default=None, help="results file stem under bench/results/")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="results JSON (default bench/results/NAME.json); plots beside it")
     p.set_defaults(func=lambda a: (run(a), 0)[1])

@@ -177,6 +177,7 @@ def test_routing_command_runs_des_jobs_side_by_side_with_the_same_results(tmp_pa
         assert proc.returncode == 0, proc.stderr[-2000:]
         data = json.loads(out.read_text())
         assert data["config"]["decode_step_tokens"] == 1024
+        assert data["plots"] and all(Path(p).parent == tmp_path for p in data["plots"])  # beside the JSON
         runs[jobs] = [(r["label"], r["level"], r["ttft"], r["tpot_p90"]) for r in data["runs"]]
     assert runs["1"] == runs["2"] and len(runs["1"]) == 4
     # A higher level added later joins the stored runs in one sweep; another workload is refused.
