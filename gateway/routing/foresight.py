@@ -32,7 +32,10 @@ Predicted TTFT on replica ``r`` (DESIGN.md section 5; every term in seconds, all
 
 Rates (``prefill_tokens_per_s``, ``decode_step_ms``) are learned per replica from load reports (an exponential
 average of non-zero reports; ``foresight_state``). A replica that has not measured a rate yet uses the fleet's
-average of measured ones (the ``prefill_tps``/``decode_step_ms`` options before any measurement).
+average of measured ones (the ``prefill_tps``/``decode_step_ms`` options before any measurement). With three or
+more measured replicas, a prefill rate counts at most ``rate_spread`` (4) times their median (0: no cap): GPUs in
+one fleet differ by a few times at most, and a replica that reports an impossible rate (a measurement bug: the
+simulated replicas once reported up to 20x their model's) would otherwise draw the fleet's work and stall it.
 ``Decision.explanation`` carries the terms of the ``explain_top`` (8) best replicas; ``costs`` gives all of them.
 
 Replicas within ``near_rel`` (10%) or ``near_abs`` (5 ms) of the best are shuffled in front (power-of-k
@@ -77,6 +80,9 @@ class ForesightPolicy(RoutingPolicy):
         self.work_weight = float(o.get("work_weight", 3.0))
         self.backlog_s = float(o.get("backlog_s", 0.1))
         self.report_weight = float(o.get("report_weight", 1.0))
+        self.rate_spread = float(o.get("rate_spread", 4.0))
+        self._tps_cap = float("inf")  # rate_spread x the median measured prefill rate, refreshed on new reports
+        self._rates_changed = True
         self.explain_top = int(o.get("explain_top", 8))
         # Send the predicted work (uncached prompt + predicted output tokens) as the replica's admission priority:
         # a replica with a queue admits the shortest predicted job first (replicas/engine/scheduler.py).
@@ -96,6 +102,7 @@ class ForesightPolicy(RoutingPolicy):
         if st is None:
             st = self.rates[r.id] = ReplicaState(self.prior_tps, self.prior_step_s, self.kv_capacity_tokens)
         if st.update(r.load, self.alpha, self.report_weight):
+            self._rates_changed = True
             if st.cache_blocks_total:
                 self.matcher.set_replica_kv(r.id, st.cache_blocks_total * st.block_size)
             # The fleet's rates, for replicas that have not measured their own yet (idle since they started):
@@ -128,8 +135,9 @@ class ForesightPolicy(RoutingPolicy):
         if st.waiting > ahead:
             ahead = st.waiting
         beside = min(st.long_prefill, (ahead + uncached) * ratio) if ratio is not None else 0.0
-        queue_s = (ahead + beside) / st.prefill_tps
-        prefill_s = uncached / st.prefill_tps
+        tps = min(st.prefill_tps, self._tps_cap)
+        queue_s = (ahead + beside) / tps
+        prefill_s = uncached / tps
         kv_s = 0.0
         if st.capacity > 0:
             overflow = st.used + ahead + beside + uncached + output - st.capacity
@@ -142,6 +150,13 @@ class ForesightPolicy(RoutingPolicy):
                 kv_s = max(kv_s, self._finish_wait(excess, st, r))
         # The fleet's work, at the fleet's rate: one replica's noisier measured rate must not tilt the choice.
         return queue_s, prefill_s, kv_s, self.work_weight * uncached / self.fleet_tps
+
+    def _rate_cap(self, states: Sequence[ReplicaState]) -> float:
+        """``rate_spread`` times the median measured prefill rate (inf with fewer than three measured)."""
+        measured = sorted(st.prefill_tps for st in states if st.tps_learned)
+        if self.rate_spread <= 0 or len(measured) < 3:
+            return float("inf")
+        return self.rate_spread * measured[len(measured) // 2]
 
     @staticmethod
     def _kv_wait(overflow: float, st: ReplicaState, r: ReplicaView) -> float:
@@ -177,6 +192,9 @@ class ForesightPolicy(RoutingPolicy):
     def _score(self, request: RequestView, replicas: Sequence[ReplicaView],
                ) -> tuple[list[float], list[tuple[float, float, float, float]], dict[str, float]]:
         states = [self._state(r) for r in replicas]
+        if self._rates_changed:
+            self._rates_changed = False
+            self._tps_cap = self._rate_cap(states)
         matched = self.matcher.match(request, replicas)
         prompt = request.prompt_tokens * self.token_factor
         output = request.output_p90 if self.use_output else 0.0

@@ -122,7 +122,7 @@ def test_scale_command_writes_rows_and_goals(tmp_path: Path) -> None:
     assert [(r["replicas"], r["policy"]) for r in data["rows"]] == [
         (2, "round_robin"), (2, "foresight"), (4, "round_robin"), (4, "foresight")]
     assert all(r["decision_p99_ms"] > 0 and r["decision_cpu_p99_ms"] > 0 for r in data["rows"])
-    assert (tmp_path / "test-scale.png").exists()
+    assert (tmp_path / "scale.png").exists()  # beside the JSON
 
 
 def test_foresight_priority_admits_short_predicted_jobs_first_under_overload() -> None:

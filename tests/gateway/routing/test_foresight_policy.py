@@ -152,6 +152,27 @@ def test_a_replica_without_a_measured_rate_borrows_the_fleets() -> None:
     assert d.explanation["r0"]["ttft_s"] == pytest.approx(d.explanation["r1"]["ttft_s"])
 
 
+def test_an_impossible_prefill_rate_is_capped_at_a_few_times_the_fleets_median() -> None:
+    # r3 claims 40x its peers' rate (a measurement bug) and has 60k prompt tokens queued: 0.15 s at its claim,
+    # 6 s at its peers' rate. Believed, it would take the request (and soon the fleet's work) and stall.
+    def fleet() -> list[ReplicaView]:
+        replicas = views(4)
+        replicas[3].load = report(prefill_tokens_per_s=400000.0, waiting_prompt_tokens=60000)
+        return replicas
+
+    capped = policy().rank(req("z " * 4000), fleet())
+    assert capped.ranked[-1] == "r3"
+    assert capped.explanation["r3"]["queue_s"] == pytest.approx(60000 / 40000.0)  # 4 x the median, 10k
+    believed = policy(rate_spread="0").rank(req("z " * 4000), fleet())
+    assert believed.ranked[0] == "r3"
+    # Replicas that really differ by less than the spread keep their own rates.
+    replicas = views(3)
+    replicas[0].load = report(prefill_tokens_per_s=30000.0)
+    d = policy().rank(req("z " * 4000), replicas)
+    assert d.ranked[0] == "r0" and d.explanation["r0"]["prefill_s"] == pytest.approx(
+        d.explanation["r1"]["prefill_s"] / 3)
+
+
 def test_a_running_long_prefill_delays_a_newcomer_only_by_its_share_of_the_steps() -> None:
     # r0 holds the prefix and is 40k tokens into prefilling a long prompt; it reserves a quarter of each step for
     # admissions, so this mostly cached request is admitted beside it rather than after it.
