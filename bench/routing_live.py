@@ -23,6 +23,7 @@ from bench.procs import Fleet, free_port
 from bench.prom import prefix_hit_rate, scrape_all
 from bench.replay import prepare
 from bench.replay_client import run_open_loop
+from bench.sim import host_lag
 
 
 def _redis(fleet: Fleet) -> str:
@@ -70,10 +71,16 @@ def run_live(args: argparse.Namespace, variant: Any, reqs: list, synth: Any) -> 
         api = "chat" if args.content else "completions"
         prepared = prepare(reqs, synth, model, api, True, False)
         before = asyncio.run(scrape_all(urls))
+        lag_before = host_lag(urls)
         results, wall = asyncio.run(run_open_loop(targets, prepared, timeout=args.timeout))
         after = asyncio.run(scrape_all(urls))
+        lag_after = host_lag(urls)
     summary = summarize(results, wall, args.slo_ttft, args.slo_tpot)
     summary["prefix_hit_rate"] = prefix_hit_rate(before, after)
+    # The simulation's distortion by the shared host: steps that started late beyond what the replicas' virtual
+    # clocks absorb, and the seconds that added (compare runs by these before blaming the router).
+    summary["replica_lag_resets"] = lag_after[0] - lag_before[0]
+    summary["replica_lag_lost_s"] = round(lag_after[1] - lag_before[1], 3)
     if summary["output_length_mismatch"]:
         print(f"warning: {variant.label}: {summary['output_length_mismatch']} of {summary['completed']} answers did "
               "not have the trace's length (the target did not pass the forcing on): its load differs",

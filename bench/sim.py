@@ -236,13 +236,21 @@ def tpot_row(results: list[dict[str, Any]], predicted: float, **extra: Any) -> d
 
 
 def lag_resets(urls: list[str]) -> int:
+    return int(host_lag(urls)[0])
+
+
+def host_lag(urls: list[str]) -> tuple[int, float]:
+    """``(lag resets, seconds lost)`` summed over sim replicas: how often, and by how much, a busy host made the
+    simulated GPUs late beyond what their clocks absorb (see ``replicas/runners/sim.py``)."""
     import json
 
-    total = 0
+    resets, lost = 0, 0.0
     for u in urls:
         with urllib.request.urlopen(u + "/health", timeout=5) as r:
-            total += int(json.loads(r.read()).get("runner_lag_resets", 0))
-    return total
+            health = json.loads(r.read())
+        resets += int(health.get("runner_lag_resets", 0))
+        lost += float(health.get("runner_lag_lost_s", 0.0))
+    return resets, lost
 
 
 async def bench(args: argparse.Namespace, reps: Replicas) -> dict[str, Any]:

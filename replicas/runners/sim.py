@@ -5,7 +5,7 @@ batch, then returns one token per sampling chunk. Timing holds under load becaus
 virtual GPU clock: a busy step starts where the previous one ended (not when the engine got round to calling
 it), so host work between steps and event-loop wake-up lateness are absorbed instead of accumulating, up to
 ``max_lag_s`` (50 ms); beyond that (the host cannot keep up) the clock resets to the wall clock and the lateness
-becomes real (counted in ``lag_resets``). The engine calls ``on_idle`` when it runs out of work, so an idle
+becomes real (counted in ``lag_resets``, the time in ``lag_lost_s``). The engine calls ``on_idle`` when it runs out of work, so an idle
 gap is never credited to the next step; the first step after idle starts at the arrival of its earliest
 request: the server's own host work before it (body parsing, prompt hashing, scheduling) is the simulator's,
 not the simulated GPU's, so it is absorbed up to ``max_lag_s`` like any other lateness.
@@ -88,6 +88,7 @@ class SimRunner(ModelRunner):
         self._clock: float | None = None  # end of the last simulated step on the virtual GPU timeline
         self._last_duration: float | None = None  # modelled time of the last step (``last_step_seconds``)
         self.lag_resets = 0
+        self.lag_lost_s = 0.0
         self.steps: deque[StepRecord] = deque(maxlen=4096)
 
     @classmethod
@@ -139,6 +140,7 @@ class SimRunner(ModelRunner):
             start = max(now - self.max_lag_s, min(now, arrival))
         elif now - self._clock > self.max_lag_s:
             self.lag_resets += 1
+            self.lag_lost_s += now - self._clock  # simulated GPU time the busy host added to the timeline
             start = now
         else:
             start = max(self._clock, now - self.max_lag_s)
@@ -180,5 +182,6 @@ class SimRunner(ModelRunner):
         c = self.cost
         return {"runner": self.name, "profile": self.profile_name, "cost_model": c.name,
                 "mfu": c.mfu, "mbu": c.mbu, "step_overhead_s": c.overhead_s, "lag_resets": self.lag_resets,
+                "lag_lost_s": round(self.lag_lost_s, 3),
                 "prefill_tokens_per_s": 8192 / c.prefill_time(8192),
                 "decode_step_ms": 1e3 * c.decode_step_time(1, 1024)}

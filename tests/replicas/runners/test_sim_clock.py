@@ -101,3 +101,14 @@ async def test_engine_learns_the_modelled_prefill_rate_when_the_host_is_late(tin
         assert engine.prefill_tokens_per_s == pytest.approx(0.8 * prior + 0.2 * 4000 / step.duration)
     finally:
         await engine.stop()
+
+
+async def test_lateness_beyond_the_bound_is_counted_with_the_time_it_added(runner: SimRunner) -> None:
+    await runner.execute(_batch(time.monotonic(), prompt=16))
+    clock = runner.steps[-1].start + runner.steps[-1].duration
+    time.sleep(0.15)  # noqa: ASYNC251 - the point: a host busy (blocking) well past the 50 ms the clock absorbs
+    late = time.monotonic() - clock
+    await runner.execute(_batch(time.monotonic(), prompt=16))
+    assert runner.lag_resets == 1
+    assert late <= runner.lag_lost_s <= late + 0.05
+    assert runner.describe()["lag_lost_s"] == round(runner.lag_lost_s, 3)  # /health shows it as runner_lag_lost_s
