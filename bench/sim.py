@@ -235,10 +235,6 @@ def tpot_row(results: list[dict[str, Any]], predicted: float, **extra: Any) -> d
             "tokens_ok": all(r["tokens"] > 1 for r in results)}
 
 
-def lag_resets(urls: list[str]) -> int:
-    return int(host_lag(urls)[0])
-
-
 def host_lag(urls: list[str]) -> tuple[int, float]:
     """``(lag resets, seconds lost)`` summed over sim replicas: how often, and by how much, a busy host made the
     simulated GPUs late beyond what their clocks absorb (see ``replicas/runners/sim.py``)."""
@@ -271,11 +267,11 @@ async def bench(args: argparse.Namespace, reps: Replicas) -> dict[str, Any]:
     for conf in args.scale.split(","):
         r, s = (int(x) for x in conf.lower().split("x"))
         urls = reps.start(r)
-        before = lag_resets(urls)
+        before = host_lag(urls)[0]
         load0 = os.getloadavg()[0]
         res = await asyncio.to_thread(measure_streams, urls, s, args.prompt_tokens, args.output_tokens)
         pred = predicted_tpot(cost, -(-s // r), args.prompt_tokens, args.output_tokens)
-        row = tpot_row(res, pred, replicas=r, streams=s, lag_resets=lag_resets(urls) - before,
+        row = tpot_row(res, pred, replicas=r, streams=s, lag_resets=host_lag(urls)[0] - before,
                        loadavg_1m_before=load0)
         row["holds"] = abs(row["ratio"] - 1) <= 0.10
         scale.append(row)

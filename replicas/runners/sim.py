@@ -86,7 +86,6 @@ class SimRunner(ModelRunner):
         self.starts = [i for i, t in enumerate(self.corpus) if "\ufffd" not in tokenizer.decode([t])] or [0]
         self._states: dict[str, _SimState] = {}
         self._clock: float | None = None  # end of the last simulated step on the virtual GPU timeline
-        self._last_duration: float | None = None  # modelled time of the last step (``last_step_seconds``)
         self.lag_resets = 0
         self.lag_lost_s = 0.0
         self.steps: deque[StepRecord] = deque(maxlen=4096)
@@ -145,7 +144,6 @@ class SimRunner(ModelRunner):
         else:
             start = max(self._clock, now - self.max_lag_s)
         self._clock = start + duration
-        self._last_duration = duration
         decode = sum(1 for c in batch.chunks if c.sample and c.num_new_tokens == 1 and c.request.output_token_ids)
         self.steps.append(StepRecord(start, duration, batch.num_tokens - decode, decode, len(batch.chunks)))
         # uvloop timers have a 1 ms resolution and never fire early: aim half a tick early so the expected
@@ -170,7 +168,7 @@ class SimRunner(ModelRunner):
     def last_step_seconds(self) -> float | None:
         # The modelled time: the wall time of ``execute`` is shorter by the lateness the clock absorbed (up to
         # ``max_lag_s``), which made a replica on a busy host report prefill rates several times its model's.
-        return self._last_duration
+        return self.steps[-1].duration if self.steps else None
 
     def on_idle(self) -> None:
         self._clock = None
