@@ -239,13 +239,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = stored + runs
     result = report(runs, variants)
     print_table(result)
-    # The plots go beside the JSON: ``--json`` names it, else ``--name`` under bench/results.
-    out_prefix = (str(Path(args.json).with_suffix("")) if args.json
-                  else str(results.results_dir() / (args.name or f"routing-{args.mode}")))
-    result["plots"] = [results.relative(p) for p in plots(runs, variants, out_prefix)] if runs else []
+    out = Path(args.json) if args.json else results.results_dir() / f"{args.name or f'routing-{args.mode}'}.json"
+    result["plots"] = [results.relative(p) for p in plots(runs, variants, str(out.with_suffix("")))] if runs else []
     if sources:
         config["added_from"] = sources
-    results.write_json(args.json or out_prefix + ".json", {"config": config, **result, "runs": runs})
+    results.write_json(out, {"config": config, **result, "runs": runs})
     return result
 
 

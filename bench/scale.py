@@ -71,13 +71,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "wall_ms": got[0]["decision_p99_ms"], "cpu_ms": got[0]["decision_cpu_p99_ms"],
                 "met_cpu": got[0]["decision_cpu_p99_ms"] <= limit, "met_wall": got[0]["decision_p99_ms"] <= limit,
                 "loadavg_note": "wall includes OS preemption by other processes on a shared 2-core machine"}
-    # The plot goes beside the JSON: ``--json`` names it, else ``--name`` under bench/results.
-    out_prefix = str(Path(args.json).with_suffix("")) if args.json else str(results.results_dir() / (args.name or "scale"))
-    plot(rows, out_prefix + ".png")
+    out = Path(args.json) if args.json else results.results_dir() / f"{args.name or 'scale'}.json"
+    png = out.with_suffix(".png")
     config = {k: v for k, v in vars(args).items() if k != "func"}
-    results.write_json(args.json or out_prefix + ".json", {"config": config, "goals": goals, "rows": rows,
-                                                           "isolated_decision": isolated,
-                                                           "plot": out_prefix + ".png"})
+    results.write_json(out, {"config": config, "goals": goals, "rows": rows, "isolated_decision": isolated,
+                             "plot": str(png)})  # first: it creates the folder the plot goes to
+    plot(rows, str(png))
     for k, v in goals.items():
         print(f"  {k}: {v}")
     return {"rows": rows, "goals": goals}
