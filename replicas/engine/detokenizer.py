@@ -2,7 +2,8 @@
 
 Text is decoded from a sliding window of token ids (vLLM's prefix/read offsets), so a character split across
 tokens (UTF-8 bytes of one emoji in two byte-level tokens) is only emitted once complete: a window whose
-decoding ends with U+FFFD waits for the next token. Stop strings never leak: the last
+decoding ends with U+FFFD waits for the next token; when the request finishes, a character left incomplete
+(``max_tokens`` cut it) is emitted as U+FFFD, so the final text always equals ``decode(output ids)``. Stop strings never leak: the last
 ``max(len(stop)) - 1`` characters are held back until the request finishes or they can no longer start a
 stop string, and a matched stop string is cut (with everything after it).
 """
@@ -37,14 +38,15 @@ class IncrementalDetokenizer:
 
     def add(self, token_id: int) -> str | None:
         """Append one token; returns the stop string it completed, if any."""
+        self.ids.append(token_id)
         if self._step is not None:
             piece = self._step(token_id)
             if not piece:
                 return None
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             start = len(self.text)
             self.text += piece
             return self._find_stop(start)
-        self.ids.append(token_id)
         prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
         new_text = self.tokenizer.decode(self.ids[self.prefix_offset :])
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
@@ -69,8 +71,20 @@ class IncrementalDetokenizer:
         return best[1]
 
     def take(self, final: bool) -> str:
-        """The text that can be handed out now (all of it when ``final``)."""
+        """The text that can be handed out now (all of it when ``final``, an incomplete last character too)."""
+        if final and self.read_offset < len(self.ids):
+            self._flush()
         safe = len(self.text) if final else max(self.emitted, len(self.text) - self.hold)
         delta = self.text[self.emitted : safe]
         self.emitted = safe
         return delta
+
+    def _flush(self) -> None:
+        """Decode the tokens still waiting for a character to complete (the request ended first)."""
+        prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
+        new_text = self.tokenizer.decode(self.ids[self.prefix_offset :])
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        if len(new_text) > len(prefix_text):
+            start = len(self.text)
+            self.text += new_text[len(prefix_text) :]
+            self._find_stop(start)

@@ -79,3 +79,20 @@ def test_real_tiny_tokenizer_round_trip(tiny_model_dir: Path) -> None:
         d.add(i)
         out.append(d.take(False))
     assert "".join(out) + d.take(True) == text
+
+
+def test_character_cut_by_the_end_of_the_request_comes_out_as_in_decode(tok: ByteTokenizer,
+                                                                        tiny_model_dir: Path) -> None:
+    """``max_tokens`` can end a request between the bytes of one character: the final text is then what
+    ``decode(output ids)`` gives (U+FFFD for the incomplete character), on both paths."""
+    from replicas.engine.tokenizer import load_tokenizer
+
+    for t in (tok, load_tokenizer(tiny_model_dir)):  # sliding-window path, then the native decode_stream path
+        ids = t.encode("ok 🎉")[:-1]  # the emoji's last byte never comes
+        d = IncrementalDetokenizer(t, t.encode("Hi"), [])
+        out = []
+        for i in ids:
+            d.add(i)
+            out.append(d.take(False))
+        out.append(d.take(True))
+        assert "".join(out) == t.decode(ids) and out[-1].endswith("\ufffd")
