@@ -56,6 +56,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     block_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at the last admission
+    expected_hit: int = 0  # tokens the prefix cache held when it last joined the queue (for the load report)
     finish_reason: str | None = None
     first_token_time: float | None = None
     priority: int = 0  # admission order among waiting requests: lower first (see Scheduler)

@@ -83,6 +83,8 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         req.status = RequestStatus.WAITING
+        prefix, host = self._cached_prefix(req)
+        req.expected_hit = (len(prefix) + len(host)) * self.pool.block_size
         self.waiting.append(req)
         if req.priority:
             self._prioritised += 1
@@ -127,6 +129,8 @@ class Scheduler:
 
     def _preempt(self, req: Request) -> None:
         self.pool.free(req, forget=False)
+        # Its full blocks stay cached (forget=False): what it had computed is about what it will find again.
+        req.expected_hit = req.num_computed_tokens // self.pool.block_size * self.pool.block_size
         req.num_computed_tokens = 0
         req.status = RequestStatus.PREEMPTED
         self.waiting.appendleft(req)
@@ -184,11 +188,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             pick = self._next_waiting(now)
             req = self.waiting[pick]
-            prefix: list[Block] = []
-            host: list[bytes] = []
-            if req.num_computed_tokens == 0:
-                prefix = self.pool.find_prefix(req)
-                host = self.pool.find_host_prefix(req, len(prefix))
+            prefix, host = self._cached_prefix(req) if req.num_computed_tokens == 0 else ([], [])
             hit = (len(prefix) + len(host)) * bs
             num_new = min(req.num_tokens - req.num_computed_tokens - hit, budget)
             if cdiv(req.num_computed_tokens + hit + num_new, bs) > self.pool.num_blocks:
@@ -207,6 +207,11 @@ class Scheduler:
             budget -= num_new
         out.batch.transfers = self.pool.take_transfers()
         return out
+
+    def _cached_prefix(self, req: Request) -> tuple[list[Block], list[bytes]]:
+        """The request's longest cached prefix: device blocks, then the host-tier blocks that continue it."""
+        prefix = self.pool.find_prefix(req)
+        return prefix, self.pool.find_host_prefix(req, len(prefix))
 
     def _running_order(self) -> list[Request]:
         """Decodes (one token left) first, then the running prefills, each oldest first: an older long prefill
@@ -247,7 +252,10 @@ class Scheduler:
         }
 
     def waiting_tokens(self) -> int:
-        return sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+        """Tokens the waiting requests still have to prefill: their prompts less what the prefix cache held when
+        they joined the queue (an estimate: it may gain or lose blocks before they are admitted). Counting the
+        cached part made a queue of conversation turns look several times longer than its work."""
+        return sum(max(0, r.num_tokens - r.num_computed_tokens - r.expected_hit) for r in self.waiting)
 
     def long_prefills(self) -> tuple[int, int]:
         """The running long prefills (``_is_long``), which share their steps with admissions (``prefill_reserve``)

@@ -5,10 +5,10 @@ batch, then returns one token per sampling chunk. Timing holds under load becaus
 virtual GPU clock: a busy step starts where the previous one ended (not when the engine got round to calling
 it), so host work between steps and event-loop wake-up lateness are absorbed instead of accumulating, up to
 ``max_lag_s`` (50 ms); beyond that (the host cannot keep up) the clock resets to the wall clock and the lateness
-becomes real (counted in ``lag_resets``, the time in ``lag_lost_s``). The engine calls ``on_idle`` when it runs out of work, so an idle
-gap is never credited to the next step; the first step after idle starts at the arrival of its earliest
-request: the server's own host work before it (body parsing, prompt hashing, scheduling) is the simulator's,
-not the simulated GPU's, so it is absorbed up to ``max_lag_s`` like any other lateness.
+becomes real (counted in ``lag_resets``, the time in ``lag_lost_s``). The engine calls ``on_idle`` when it runs
+out of work, so an idle gap is never credited to the next step; the first step after idle starts at the arrival
+of its earliest request: the server's own host work before it (body parsing, prompt hashing, scheduling) is the
+simulator's, not the simulated GPU's, so it is absorbed up to ``max_lag_s`` like any other lateness.
 
 Host-tier KV copies (``StepBatch.transfers``) add ``CostModel.transfer_time`` of the blocks moved to the step.
 

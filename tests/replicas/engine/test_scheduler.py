@@ -76,6 +76,16 @@ def test_prefix_hit_skips_cached_tokens() -> None:
     assert again.num_computed_tokens == 13
 
 
+def test_queued_work_in_the_load_report_leaves_out_what_the_prefix_cache_holds() -> None:
+    s = Scheduler(BlockPool(64, BS), max_batched_tokens=100, max_num_seqs=1)
+    first = req("first", 10)
+    s.add(first)
+    complete(s, s.schedule())  # "first" runs on and holds the only sequence slot
+    s.add(req("again", 13))  # shares 2 full blocks (8 tokens) with "first": 5 tokens of work
+    s.add(req("other", 6, 100))  # nothing cached
+    assert s.load_fields()["waiting_prompt_tokens"] == 5 + 6
+
+
 def test_preemption_frees_the_newest_and_recomputes_it_later() -> None:
     s = Scheduler(BlockPool(4, BS), max_batched_tokens=100)
     old, new = req("old", 7), req("new", 8, 50)
@@ -85,6 +95,7 @@ def test_preemption_frees_the_newest_and_recomputes_it_later() -> None:
     assert s.pool.num_free == 0
     out = s.schedule()  # new needs a third block, none is free: the newest (itself) is preempted
     assert out.preempted == [new] and new.status == RequestStatus.PREEMPTED and new.num_computed_tokens == 0
+    assert s.waiting_tokens() == 1  # its 2 full blocks stay cached: only the output token is left to compute
     assert [c.request for c in out.batch.chunks] == [old] and s.waiting[0] is new
     complete(s, out)
     s.remove(old)  # old finishes: new comes back, hitting its own still-cached prefix
