@@ -128,8 +128,10 @@ class Proxy:
             raise APIError(503, f"no healthy replica can take a request for model '{rv.model}' now",
                            code="no_healthy_replica", retry_after=1)
         if self.shedder is not None:
-            candidates = self.shedder.admissible(rv, candidates)  # 503 when every replica would only queue it
+            # 503 when every replica would only queue it
+            candidates = self.shedder.gate(rv, candidates, self.policy.ranks_by_wait)
         decision = self.policy.rank(rv, candidates)
+        self.policy.admit(rv)  # a policy's own admission rule (foresight's reject_ttft), after it has ranked
         if rv.session_id:
             pinned = self.sticky.pick(rv.session_id, candidates, list(self.registry.replicas))
             if pinned is not None and decision.ranked and decision.ranked[0] != pinned:

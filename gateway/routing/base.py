@@ -161,6 +161,10 @@ class RoutingPolicy(ABC):
     """Base class of every policy; subclasses override ``rank`` and whichever hooks they need."""
 
     name: ClassVar[str] = "base"
+    # True for a policy whose ranking already predicts each replica's wait (DESIGN.md section 5): load shedding
+    # then only decides whether the request is admitted and leaves the choice of replica to it, instead of
+    # hiding the replicas with a long queue (which may be the ones holding the request's prefix).
+    ranks_by_wait: ClassVar[bool] = False
 
     def __init__(self, ctx: PolicyContext) -> None:
         self.ctx = ctx
@@ -168,6 +172,10 @@ class RoutingPolicy(ABC):
     @abstractmethod
     def rank(self, request: RequestView, replicas: Sequence[ReplicaView]) -> Decision:
         """Rank ``replicas`` (non-empty, all eligible) for ``request``. Pure and fast: no I/O."""
+
+    def admit(self, request: RequestView) -> None:  # noqa: B027 - optional hook
+        """Called after ``rank`` for a new request only (never for a retry or a mid-stream continuation, which were
+        admitted already): raise ``APIError`` 503 ``overloaded`` to reject it. Default: admit everything."""
 
     def on_dispatch(self, request: RequestView, replica_id: str) -> None:  # noqa: B027 - optional hook
         """The request was sent to ``replica_id`` (load is counted from now on)."""

@@ -205,3 +205,19 @@ async def test_upstream_client_error_passes_through() -> None:
             assert r.status == 404
             assert (await r.json())["error"]["code"] == "model_not_found"
         assert backends[0].seen == 0
+
+
+async def test_foresight_deadline_admission_answers_503_overloaded_with_retry_after_and_loses_nothing() -> None:
+    # A 1 ms target that every request misses (its prefill alone is predicted longer): each one is rejected at
+    # once, before any replica sees it; with the option off the same request is served.
+    opts = {"reject_ttft": "0.001", "reject_min_wait": "0"}
+    async with cluster(1, policy="foresight", policy_opts=opts) as (url, backends, app):
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(url + "/v1/chat/completions", json=CHAT)
+            body = await r.json()
+        assert r.status == 503 and body["error"]["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1
+        assert backends[0].seen == 0
+        assert gateway_of(app).proxy.policy.reject_ttft == 0.001
+    async with cluster(1, policy="foresight") as (url, backends, _app), aiohttp.ClientSession() as s:
+        r = await s.post(url + "/v1/chat/completions", json=CHAT)
+        assert r.status == 200 and backends[0].seen == 1

@@ -72,3 +72,44 @@ def test_admissible_keeps_only_replicas_with_room() -> None:
     with pytest.raises(APIError):
         s.admissible(req(), [full])
     assert OverloadShedder(0).admissible(req(), [full]) == [full]
+
+
+def test_gate_filters_for_policies_blind_to_waits_and_only_admits_for_those_that_rank_by_them() -> None:
+    s = OverloadShedder(0.05)
+    full = replica("a", 4, 400.0, {**report(4, 0), "max_num_seqs": 4})
+    free = replica("b", 1, 100.0, {**report(1, 0), "max_num_seqs": 4})
+    assert [r.id for r in s.gate(req(), [full, free], ranks_by_wait=False)] == ["b"]
+    # foresight weighs the queue against the cached prefix itself: it still sees the replica with a queue.
+    assert [r.id for r in s.gate(req(), [full, free], ranks_by_wait=True)] == ["a", "b"]
+    for ranks_by_wait in (False, True):  # with no replica admissible both answer 503
+        with pytest.raises(APIError):
+            s.gate(req(), [full], ranks_by_wait=ranks_by_wait)
+
+
+def test_policies_declare_whether_they_rank_by_wait() -> None:
+    from gateway.routing.base import PolicyContext, create_policy
+
+    ctx = PolicyContext("gw")
+    assert create_policy("foresight", ctx).ranks_by_wait
+    assert not any(create_policy(n, ctx).ranks_by_wait for n in ("round_robin", "least_load", "prefix"))
+
+
+@pytest.mark.parametrize(("policy", "candidates"), [("least_load", ["b"]), ("foresight", ["a", "b"])])
+def test_the_proxy_leaves_the_choice_to_a_policy_that_ranks_by_wait(policy: str, candidates: list[str]) -> None:
+    from gateway.proxy import Proxy, ProxyConfig
+    from gateway.registry import Registry
+    from gateway.routing.base import PolicyContext, create_policy
+
+    seen: list[list[str]] = []
+    impl = create_policy(policy, PolicyContext("gw"))
+    rank = impl.rank
+    impl.rank = lambda request, replicas: seen.append([r.id for r in replicas]) or rank(request, replicas)
+    registry = Registry()
+    for rid, running in (("a", 4), ("b", 1)):
+        r = registry.add(f"http://{rid}", rid, models=("m",))
+        r.set_load({**report(running, 0), "max_num_seqs": 4})
+        r.local.requests, r.local.decode_tokens = running, 100.0 * running
+    proxy = Proxy(registry, impl, None, None, None, ProxyConfig())  # type: ignore[arg-type]  # rank needs neither
+    proxy.shedder = OverloadShedder(0.05)
+    proxy.rank(req())
+    assert seen == [candidates]

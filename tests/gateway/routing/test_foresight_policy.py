@@ -224,3 +224,28 @@ def test_under_a_fleet_wide_backlog_recomputing_a_prefix_weighs_more() -> None:
     replicas = [*replicas, views(3)[2]]
     d = p.rank(req(SYSTEM + "q3"), replicas)
     assert d.explanation["r1"]["work_s"] == pytest.approx(3 * d.explanation["r1"]["prefill_s"])
+
+
+def test_deadline_aware_admission_rejects_only_what_the_queue_would_make_late() -> None:
+    from foresight.errors import APIError
+
+    def route(p, r: RequestView, replicas: list[ReplicaView]) -> list[str]:
+        ranked = p.rank(r, replicas).ranked  # ranking never raises: a continuation ranks without admission
+        p.admit(r)
+        return ranked
+
+    long_prompt = "word " * 40_000  # ~50k tokens: 5 s of prefill alone at 10k tok/s
+    short = "a short question"
+    busy = views(2, waiting_prompt_tokens=40000)  # 4 s of prefill queued on every replica
+    idle = views(2)
+    assert route(policy(), req(short), busy)  # off by default: everything is routed
+    p = policy(reject_ttft="3", reject_min_wait="0.5")
+    with pytest.raises(APIError) as e:
+        route(p, req(short), busy)
+    assert e.value.status == 503 and e.value.code == "overloaded" and e.value.retry_after >= 1
+    assert route(p, req(short), idle)
+    # A prompt too long for the target even alone is still served while the fleet has no queue...
+    assert route(p, req(long_prompt), idle)
+    # ...and with reject_min_wait 0 it is rejected: it would miss the target anyway.
+    with pytest.raises(APIError):
+        route(policy(reject_ttft="3"), req(long_prompt), idle)
