@@ -83,7 +83,7 @@ def one_run(data: Any, held: str, seed: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bench.results import results_dir, write_json
+    from bench.results import output_path, write_json
     from predictor.cli import _prepare
 
     args.limit, args.head = None, None
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                "naive_median_at_500_over_offline_mean": float(np.mean(
                    [next(c["mae"] for c in r["naive_running_median"] if c["seen"] == r["online"][-2]["seen"])
                     / r["offline_mae"] for r in runs]))}
-    out = Path(args.out) if args.out else results_dir() / "adapt.json"
+    out = output_path(args.out, "adapt")
     write_json(out, {"benchmark": "adapt", "checkpoints": CHECKPOINTS, "summary": summary, "runs": runs,
                      "data": meta})
     _plot(runs, out.with_suffix(".png"))

@@ -58,10 +58,10 @@ def _headline(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.results import results_dir, write_json
+    from bench.results import output_path, write_json
 
     result = run_scenario(args.scenario, quick=args.quick, duration=args.duration, requests=args.requests)
-    out = args.json or results_dir() / f"chaos_{args.scenario.replace('-', '_')}.json"
+    out = output_path(args.json, f"chaos_{args.scenario.replace('-', '_')}")
     write_json(out, result)
     print(f"chaos {args.scenario}: {_headline(result)}")
     print(f"wrote {out}")

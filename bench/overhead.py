@@ -124,7 +124,7 @@ def _report(c: int, label: str, r: dict, cmp: dict | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.results import results_dir, write_json
+    from bench.results import output_path, write_json
 
     if shutil.which("wrk") is None:
         raise SystemExit("foresight bench overhead needs wrk: apt-get install -y wrk")
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                    "goal": {"concurrency": 8, "min_throughput_ratio": 0.75, "max_added_p50_ms": 0.5}}
         if "8" in runs:
             results["goal"]["met"] = (runs["8"]["throughput_ratio"] >= 0.75 and runs["8"]["added_p50_ms"] <= 0.5)
-        out = Path(args.json) if args.json else results_dir() / f"overhead{args.tag}.json"
+        out = output_path(args.json, f"overhead{args.tag}")
         write_json(out, results)
         plot(results, out.with_suffix(".png"))
         print(f"wrote {out} and {out.with_suffix('.png')}")

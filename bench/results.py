@@ -20,6 +20,12 @@ def results_dir() -> Path:
     return path
 
 
+def output_path(given: str | os.PathLike[str] | None, name: str) -> Path:
+    """Where a benchmark writes its JSON: the path the user gave, else ``results_dir()/NAME.json``. Plots go
+    beside it (``with_suffix``), so a ``--json`` elsewhere keeps a run's files together."""
+    return Path(given) if given else results_dir() / f"{name}.json"
+
+
 def relative(path: str | os.PathLike[str]) -> str:
     """``path`` relative to the checkout when it lies inside it, else under ``~`` when it lies in the home folder
     (results must not record the machine's layout)."""

@@ -10,8 +10,10 @@ workload open-loop over HTTP (``bench.replay``); ``sim`` runs the same policies 
 (``bench.des``: the real scheduler, block pool, cost model and policy code on a virtual clock), which is what a
 2-core machine can run at the rates where the policies differ.
 
-A policy item is ``NAME`` or ``LABEL=NAME?k=v&k=v``: ``predictor=off|default`` (live gateway flag) and
-``estimator=history|oracle`` (sim) are read by the harness, any other key is a ``--policy-opt``.
+A policy item is ``NAME`` or ``LABEL=NAME?k=v&k=v``: ``predictor=off|default`` (live gateway flag),
+``estimator=history|oracle`` (sim) and ``shed=SECONDS`` (the gateway's ``--shed-queue-delay``, both modes; the
+DES models shedding off unless given, live takes the gateway's default) are read by the harness, any other key is
+a ``--policy-opt``.
 ``--jobs N`` runs up to N DES runs side by side (sim mode; results are the same, on a virtual clock).
 Goodput: the largest tested rate at which at least 90% of requests met both SLOs (rejections and failures count
 as misses). Writes one JSON with every run, a table on stdout, a TTFT CDF per policy and a goodput curve.
@@ -40,15 +42,16 @@ class Variant:
     external: str | None = None  # command template of an external router
 
 
-HARNESS_KEYS = ("predictor", "estimator")
+HARNESS_KEYS = ("predictor", "estimator", "shed")
 
 
 def parse_variants(policies: str, externals: list[str]) -> list[Variant]:
     out = []
     for item in filter(None, (p.strip() for p in policies.split(","))):
-        label, sep, spec = item.partition("=")
+        head = item.split("?", 1)[0]  # a label is named before the query, whose values have "=" of their own
+        label, sep, spec = item.partition("=") if "=" in head else ("", "", "")
         if not sep:
-            label, spec = item.split("?")[0], item
+            label, spec = head, item
         name, _, query = spec.partition("?")
         pairs = dict(parse_qsl(query))
         out.append(Variant(label, name, {k: v for k, v in pairs.items() if k not in HARNESS_KEYS},
@@ -239,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = stored + runs
     result = report(runs, variants)
     print_table(result)
-    out = Path(args.json) if args.json else results.results_dir() / f"{args.name or f'routing-{args.mode}'}.json"
+    out = results.output_path(args.json, args.name or f"routing-{args.mode}")
     result["plots"] = [results.relative(p) for p in plots(runs, variants, str(out.with_suffix("")))] if runs else []
     if sources:
         config["added_from"] = sources

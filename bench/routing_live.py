@@ -60,6 +60,8 @@ def run_live(args: argparse.Namespace, variant: Any, reqs: list, synth: Any) -> 
             targets = [fleet.external(variant.label, variant.external, urls).url]
         else:
             extra = ["--predictor", variant.harness.get("predictor", "default"), *shlex.split(args.gateway_args)]
+            if "shed" in variant.harness:  # after --gateway-args: the variant's own setting wins
+                extra += ["--shed-queue-delay", variant.harness["shed"]]
             for k, v in variant.options.items():
                 extra += ["--policy-opt", f"{k}={v}"]
             if redis_url:

@@ -15,7 +15,8 @@ def run_sim(args: argparse.Namespace, variant: Any, reqs: list) -> tuple[dict[st
     cfg = SimConfig(variant.policy, replicas=args.replicas, profile=args.sim_profile, options=dict(variant.options),
                     gateways=args.gateways, estimator=variant.harness.get("estimator", "history"),
                     block_size=args.sim_block_size, host_kv_memory=args.host_kv_memory,
-                    decode_step_tokens=args.decode_step_tokens)
+                    decode_step_tokens=args.decode_step_tokens,
+                    shed_queue_delay=float(variant.harness.get("shed", 0.0)))
     out = Cluster(cfg).run(reqs)
     summary = summarize(out.results, out.virtual_s, args.slo_ttft, args.slo_tpot)
     summary.update(prefix_hit_rate=out.prefix_hit_rate, preemptions=out.preemptions, sim_wall_s=out.wall_s,

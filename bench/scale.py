@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "wall_ms": got[0]["decision_p99_ms"], "cpu_ms": got[0]["decision_cpu_p99_ms"],
                 "met_cpu": got[0]["decision_cpu_p99_ms"] <= limit, "met_wall": got[0]["decision_p99_ms"] <= limit,
                 "loadavg_note": "wall includes OS preemption by other processes on a shared 2-core machine"}
-    out = Path(args.json) if args.json else results.results_dir() / f"{args.name or 'scale'}.json"
+    out = results.output_path(args.json, args.name or "scale")
     png = out.with_suffix(".png")
     config = {k: v for k, v in vars(args).items() if k != "func"}
     results.write_json(out, {"config": config, "goals": goals, "rows": rows, "isolated_decision": isolated,

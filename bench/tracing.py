@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.mock_backend import start_mock_backends
     from bench.overhead import LUA, gateway_cmd, run_wrk
     from bench.procs import free_port, stop_processes, wait_http
-    from bench.results import results_dir, write_json
+    from bench.results import output_path, write_json
 
     if shutil.which("wrk") is None:
         raise SystemExit("foresight bench tracing needs wrk: apt-get install -y wrk")
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{m:<12} best {best[m]['rps']:8.0f} req/s ({results['throughput_ratio_vs_off'][m]:.2f}x off), "
                   f"p50 {best[m]['p50_ms']:.2f} ms (+{results['added_p50_ms_vs_off'][m]:.2f} ms)")
         print(f"spans exported: {sink.spans} for {results['requests_traced']} traced requests")
-        out = Path(args.json) if args.json else results_dir() / f"tracing{args.tag}.json"
+        out = output_path(args.json, f"tracing{args.tag}")
         write_json(out, results)
         plot(results, out.with_suffix(".png"))
         print(f"wrote {out} and {out.with_suffix('.png')}")

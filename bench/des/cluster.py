@@ -23,9 +23,11 @@ from bench.des.replica import SimReplica
 from bench.des.workload import prompt_text, prompt_tokens
 from bench.replay_client import Result
 from bench.traces import TraceRequest
+from foresight.errors import APIError
 from foresight.hashing import block_ids
 from gateway.accounting import Ticket
 from gateway.estimator import HistoryEstimator, OutputEstimate
+from gateway.overload import OverloadShedder
 from gateway.routing.base import InflightCounts, Outcome, PolicyContext, ReplicaView, RequestView, create_policy
 from gateway.state.memory import MemoryStore
 from replicas.runners.cost_model import profile
@@ -53,6 +55,9 @@ class SimConfig:
     max_batched_tokens: int = 8192
     decode_step_tokens: int | None = None
     block_size: int = 16
+    # The gateway's work-based load shedding (``--shed-queue-delay``; gateway/overload.py): 0 models a gateway
+    # with it off, as every DES result before it was modelled; the gateway's default is 0.5.
+    shed_queue_delay: float = 0.0
 
 
 class OracleEstimator:
@@ -112,6 +117,8 @@ class Cluster:
                 policy.peers = cfg.gateways - 1
             self.policies.append(policy)
             self.views.append([ReplicaView(r.id, f"sim://{r.id}", ("sim",)) for r in self.replicas])
+        self.shedders = [OverloadShedder(cfg.shed_queue_delay) for _ in range(cfg.gateways)]
+        self.num_shed = 0
         self.precise = [getattr(getattr(p, "matcher", None), "precise", None) for p in self.policies]
         for idx in self.precise:
             if idx is not None:
@@ -154,17 +161,24 @@ class Cluster:
         if self.precise[g] is not None:
             view.scratch["prefix_keys"] = block_ids(tokens, self.cfg.block_size)
             view.scratch["prompt_token_count"] = len(tokens)
+        result = Result(req.index, req.arrival_s, len(tokens), req.output_length)
+        self.results.append(result)
         policy = self.policies[g]
         c0, t0 = time.thread_time(), time.perf_counter()
-        decision = policy.rank(view, self.views[g])
+        try:  # as the proxy does: routing ranks only the replicas the shedder admits, or the request gets a 503
+            candidates = self.shedders[g].gate(view, self.views[g], policy.ranks_by_wait)
+            decision = policy.rank(view, candidates)
+            policy.admit(view)  # a policy may reject too (foresight's reject_ttft), as in the proxy
+        except APIError:
+            result.status, result.http_status, result.error = "rejected", 503, "overloaded"
+            self.num_shed += 1
+            return
         self.decision_s.append(time.perf_counter() - t0)
         self.decision_cpu_s.append(time.thread_time() - c0)
         ri = int(decision.ranked[0][1:])
         rv = self.views[g][ri]
         ticket = Ticket(rv.local, float(view.scratch.get("uncached_prompt_tokens", view.prompt_tokens)), est.p50)
         policy.on_dispatch(view, rv.id)
-        result = Result(req.index, req.arrival_s, len(tokens), req.output_length)
-        self.results.append(result)
         self.live[view.request_id] = _Live(req, result, view, g, ri, ticket, t)
         replica = self.replicas[ri]
         replica.add(view.request_id, tokens, req.output_length, t, int(view.scratch.get("priority", 0)))

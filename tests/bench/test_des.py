@@ -140,6 +140,24 @@ def test_foresight_priority_admits_short_predicted_jobs_first_under_overload() -
     assert results["1"] < 0.5 * results["0"], results
 
 
+def test_gateway_shedding_rejects_what_would_only_queue_and_keeps_the_rest_fast() -> None:
+    # A burst of long uncached prompts on two replicas: far more prefill work than they can start in 0.5 s.
+    reqs = [TraceRequest(i, 0.02 * i, 16_000, 50, (20_000 + i,)) for i in range(60)]
+    assert parse_variants("s=foresight?shed=0.5", [])[0].harness == {"shed": "0.5"}
+    unlabelled = parse_variants("prefix?shed=0", [])[0]  # the query's "=" does not make "prefix?shed" a label
+    assert (unlabelled.label, unlabelled.policy, unlabelled.harness) == ("prefix", "prefix", {"shed": "0"})
+    p90 = {}
+    for policy in ("foresight", "prefix"):
+        for shed in (0.0, 0.5):
+            cluster = Cluster(SimConfig(policy, replicas=2, shed_queue_delay=shed))
+            out = cluster.run(reqs)
+            s = summarize(out.results, out.virtual_s, 5.0, 1.0)
+            assert s["rejected"] == cluster.num_shed and s["completed"] + s["rejected"] == len(reqs)
+            assert (s["rejected"] > 0) == (shed > 0), (policy, shed, s["rejected"])
+            p90[policy, shed] = s["ttft_p90"]
+        assert p90[policy, 0.5] < 0.5 * p90[policy, 0.0], p90
+
+
 def test_host_tier_keeps_prefixes_the_device_cannot() -> None:
     """Device pools that hold about one conversation each: without a host tier the prefixes are recomputed,
     with one they come back over the (modelled) PCIe link, at a higher hit rate and a lower TTFT."""

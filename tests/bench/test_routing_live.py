@@ -20,12 +20,13 @@ def test_live_mode_runs_gateways_and_an_external_router_on_fresh_replicas(tmp_pa
     external = f"ext={sys.executable} -m foresight.cli gateway --port {{port}} --replica {{replicas}} --policy prefix"
     out = tmp_path / "live.json"
     proc = bench_cli(tmp_path, "routing", "--mode", "live", "--trace", str(trace), "--replicas", "2",
-                     "--speedups", "1", "--policies", "round_robin", "--external", external,
+                     "--speedups", "1", "--policies", "round_robin?shed=0", "--external", external,
                      "--slo-ttft", "30", "--slo-tpot", "5", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     runs = {r["label"]: r for r in data["runs"]}
     assert set(runs) == {"round_robin", "ext"}
+    assert runs["round_robin"]["harness"] == {"shed": "0"}  # the gateway ran with --shed-queue-delay 0
     for r in runs.values():
         assert (r["completed"], r["failed"], r["rejected"]) == (4, 0, 0), r
         assert r["output_length_mismatch"] == 0  # the trace's lengths reached the replicas through both
