@@ -3,9 +3,9 @@
 Text is decoded from a sliding window of token ids (vLLM's prefix/read offsets), so a character split across
 tokens (UTF-8 bytes of one emoji in two byte-level tokens) is only emitted once complete: a window whose
 decoding ends with U+FFFD waits for the next token; when the request finishes, a character left incomplete
-(``max_tokens`` cut it) is emitted as U+FFFD, so the final text always equals ``decode(output ids)``. Stop strings never leak: the last
-``max(len(stop)) - 1`` characters are held back until the request finishes or they can no longer start a
-stop string, and a matched stop string is cut (with everything after it).
+(``max_tokens`` cut it) is emitted as U+FFFD, so the final text always equals ``decode(output ids)``. Stop
+strings never leak: the last ``max(len(stop)) - 1`` characters are held back until the request finishes or they
+can no longer start a stop string, and a matched stop string is cut (with everything after it).
 """
 
 from __future__ import annotations
@@ -47,14 +47,18 @@ class IncrementalDetokenizer:
             start = len(self.text)
             self.text += piece
             return self._find_stop(start)
-        prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
-        new_text = self.tokenizer.decode(self.ids[self.prefix_offset :])
+        prefix_text, new_text = self._window()
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
             return None  # an incomplete character (or a special token): wait for more
         start = len(self.text)
         self.text += new_text[len(prefix_text) :]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return self._find_stop(start)
+
+    def _window(self) -> tuple[str, str]:
+        """The window's text before the unread tokens, and with them."""
+        return (self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset]),
+                self.tokenizer.decode(self.ids[self.prefix_offset :]))
 
     def _find_stop(self, start: int) -> str | None:
         if not self.stop:
@@ -81,8 +85,7 @@ class IncrementalDetokenizer:
 
     def _flush(self) -> None:
         """Decode the tokens still waiting for a character to complete (the request ended first)."""
-        prefix_text = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
-        new_text = self.tokenizer.decode(self.ids[self.prefix_offset :])
+        prefix_text, new_text = self._window()
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         if len(new_text) > len(prefix_text):
             start = len(self.text)
