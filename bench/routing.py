@@ -48,11 +48,10 @@ HARNESS_KEYS = ("predictor", "estimator", "shed")
 def parse_variants(policies: str, externals: list[str]) -> list[Variant]:
     out = []
     for item in filter(None, (p.strip() for p in policies.split(","))):
-        head = item.split("?", 1)[0]  # a label is named before the query, whose values have "=" of their own
-        label, sep, spec = item.partition("=") if "=" in head else ("", "", "")
+        head, _, query = item.partition("?")  # a label is named before the query, whose values have "=" too
+        label, sep, name = head.partition("=")
         if not sep:
-            label, spec = head, item
-        name, _, query = spec.partition("?")
+            name = label
         pairs = dict(parse_qsl(query))
         out.append(Variant(label, name, {k: v for k, v in pairs.items() if k not in HARNESS_KEYS},
                            {k: v for k, v in pairs.items() if k in HARNESS_KEYS}))
