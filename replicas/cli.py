@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--max-batched-tokens for no cap)")
     p.add_argument("--kv-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
     p.add_argument("--kv-cache-memory", type=byte_size, default=None, help="KV memory in bytes (e.g. 4G)")
+    p.add_argument("--decode-context-memory", type=byte_size, default=None,
+                   help="torch runner: bytes of decode K/V kept gathered across steady decode steps (default 64M "
+                        "on a CPU, 0 on a GPU)")
     p.add_argument("--host-kv-memory", type=byte_size, default=0,
                    help="host RAM for a second KV tier that keeps prefixes evicted from the device (e.g. 200G; "
                         "default 0: none)")
@@ -76,7 +79,8 @@ def config_from_args(args: argparse.Namespace):  # -> ReplicaConfig
         sim_output_mean=args.sim_output_mean, sim_seed=args.sim_seed, hash_seed=args.hash_seed,
         replica_id=args.replica_id, host=args.host, port=args.port, url=args.url, redis_url=args.redis,
         key_prefix=args.key_prefix,
-        extra={"attention_kernel": args.attention_kernel, "gpu_memory_fraction": args.gpu_memory_fraction},
+        extra={"attention_kernel": args.attention_kernel, "gpu_memory_fraction": args.gpu_memory_fraction,
+               "decode_context_memory": args.decode_context_memory},
     )
 
 

@@ -5,8 +5,9 @@ for the packed step: ``query`` ``[1, heads, T, D]``, ``key``/``value`` ``[1, kv_
 tokens, already written to the cache), each request attending causally over its own context only.
 
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; decodes in one batched call per decode group
-  over their gathered blocks (padded, masked), a run of equal-length fresh prompts in one batched causal call,
-  every other multi-token chunk in its own call. Works on CPU and CUDA.
+  over their gathered blocks (padded, masked; a group that keeps a ``DecodeContext`` gathers once and then only
+  writes each step's new token into it), a run of equal-length fresh prompts in one batched causal call, every
+  other multi-token chunk in its own call. Works on CPU and CUDA.
 - ``flash_attn``: ``flash_attn_varlen_func`` over the packed queries and gathered packed contexts, one call per
   layer (CUDA, fp16/bf16, when the ``flash-attn`` package is installed). Its causal mask is bottom-right aligned,
   which is what a chunk with earlier context needs.
@@ -25,11 +26,30 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from replicas.runners.paged_attention import PagedStep
+    from replicas.runners.step_metadata import DecodeGroup
 
 
 def _fold_run(t: torch.Tensor, start: int, run: int, length: int) -> torch.Tensor:
     """Packed rows ``[start, start + run * length)`` of ``t`` ``[1, h, T, D]`` as a batch ``[run, h, length, D]``."""
     return t[0, :, start:start + run * length, :].unflatten(1, (run, length)).transpose(0, 1)
+
+
+def _decode_context(step: PagedStep, layer: int, group: DecodeGroup, key: torch.Tensor,
+                    value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V over ``group``'s block tables: gathered from the cache, or, when the group keeps a
+    ``DecodeContext`` that an earlier step filled, that buffer with this step's tokens written in."""
+    ctx = group.context
+    if ctx is None or layer not in ctx.keys:
+        k, v = step.cache.gather_blocks(layer, group.blocks)
+        if ctx is not None:
+            ctx.keys[layer], ctx.values[layer] = k, v
+        return k, v
+    k, v = ctx.keys[layer], ctx.values[layer]
+    slots = group.context_slots(k.shape[1])
+    rows = slice(group.row_start, group.row_end)
+    k.flatten(0, 1).index_copy_(0, slots, key[0, :, rows, :].transpose(0, 1))
+    v.flatten(0, 1).index_copy_(0, slots, value[0, :, rows, :].transpose(0, 1))
+    return k, v
 
 
 class AttentionKernel(ABC):
@@ -53,7 +73,7 @@ class SdpaKernel(AttentionKernel):
             # One query per row: fold each KV head's query heads into the query length ([rows, kv, H/kv, D]),
             # an exact rewrite of GQA that spares SDPA its per-head broadcast of K and V.
             q = query[0, :, group.row_start:group.row_end, :].transpose(0, 1).reshape(rows, kv_heads, -1, dim)
-            k, v = cache.gather_blocks(layer, group.blocks)  # [rows, blocks * bs, kv, D]
+            k, v = _decode_context(step, layer, group, key, value)  # [rows, blocks * bs, kv, D]
             o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=meta.decode_mask(g, window), scale=scaling)
             outs.append(o.reshape(rows, heads, dim))

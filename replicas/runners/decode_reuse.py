@@ -70,5 +70,6 @@ def _advanced(meta: StepMetadata | None) -> StepMetadata:
     out = StepMetadata(spans, meta.block_size, meta.device, meta.dtype, num_tokens=meta.num_tokens,
                        num_decodes=meta.num_decodes, slot_mapping=meta.slot_mapping + 1)
     # No row starts a new block, so each slot is the next one of the same block and no table widens.
-    out.decodes = [DecodeGroup(g.row_start, g.row_end, g.blocks, g.ctx_lens + 1) for g in meta.decodes]
+    # Each group's kept K/V (``DecodeContext``) goes along: the same rows over the same tables, one token further.
+    out.decodes = [DecodeGroup(g.row_start, g.row_end, g.blocks, g.ctx_lens + 1, g.context) for g in meta.decodes]
     return out

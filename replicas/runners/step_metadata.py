@@ -38,11 +38,34 @@ class SeqSpan:
 
 
 @dataclass
+class DecodeContext:
+    """A decode group's K/V gathered from the cache (``[rows, max_blocks * block_size, kv_heads, head_dim]`` per
+    layer), kept from step to step while steady-decode reuse carries the group (same rows, same block tables).
+
+    Invariant: before a step, each row's entries below its previous context length equal the cache's; the step
+    writes its one new token per row at ``ctx_len - 1`` (in the cache and here), so attending over the buffer
+    equals attending over a fresh gather, without the gather."""
+
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
 class DecodeGroup:
     row_start: int  # packed rows [row_start, row_end) are this group's decodes
     row_end: int
     blocks: torch.Tensor  # [rows, max_blocks] block tables, padded with block 0 (masked)
     ctx_lens: torch.Tensor  # [rows]
+    context: DecodeContext | None = None  # set by the runner when it keeps this group's K/V across steps
+    _new_slots: torch.Tensor | None = None
+
+    def context_slots(self, width: int) -> torch.Tensor:
+        """``[rows]``: where this step's token of each row lies in a context buffer of ``width`` positions per row,
+        flattened to ``[rows * width, ...]``."""
+        if self._new_slots is None:
+            rows = torch.arange(self.ctx_lens.shape[0], device=self.ctx_lens.device)
+            self._new_slots = rows * width + self.ctx_lens - 1
+        return self._new_slots
 
 
 @dataclass

@@ -29,13 +29,15 @@ from replicas.runners.kernel_choice import choose_kernel
 from replicas.runners.kv_cache import HostKVCache, KVLayout, PagedKVCache
 from replicas.runners.paged_attention import ATTN_NAME, STEP_KWARG, PagedStep
 from replicas.runners.sampling import Sampler
-from replicas.runners.step_metadata import SeqSpan, StepMetadata
+from replicas.runners.step_metadata import DecodeContext, SeqSpan, StepMetadata
 from replicas.runners.torch_setup import cpu_kv_blocks, cuda_kv_blocks, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from replicas.config import ReplicaConfig
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DECODE_CONTEXT_MEMORY = 64 << 20
 
 
 @dataclass
@@ -78,7 +80,8 @@ class TorchRunner(ModelRunner):
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "auto", attention_kernel: str = "auto",
                  kv_blocks: int | None = None, kv_cache_memory: int | None = None, host_kv_memory: int = 0,
                  gpu_memory_fraction: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256,
-                 inline_max_tokens: int | None = None, inline_max_step_s: float = 0.02) -> None:
+                 inline_max_tokens: int | None = None, inline_max_step_s: float = 0.02,
+                 decode_context_memory: int | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model_path = str(model_path)
@@ -106,6 +109,10 @@ class TorchRunner(ModelRunner):
         self.inline_max_step_s = inline_max_step_s
         self.small_step_s: float | None = None  # moving average of small steps' durations (decides inline)
         self._decode_ref: DecodeReference | None = None  # the last all-decode step, for the next one to reuse
+        # Bytes of decode groups' K/V kept across steady-decode steps (``DecodeContext``): on a CPU the per-step
+        # gather is ~10% of a small model's decode forward; on a GPU the gather is cheap and memory is the pool's.
+        self.decode_context_memory = (decode_context_memory if decode_context_memory is not None
+                                      else (DEFAULT_DECODE_CONTEXT_MEMORY if self.device.type == "cpu" else 0))
         self.reused_steps = 0  # steps packed by advancing the previous one
 
     @classmethod
@@ -117,7 +124,8 @@ class TorchRunner(ModelRunner):
                    attention_kernel=str(extra.get("attention_kernel", "auto")), kv_blocks=cfg.kv_blocks,
                    kv_cache_memory=cfg.kv_cache_memory, host_kv_memory=cfg.host_kv_memory,
                    gpu_memory_fraction=float(extra.get("gpu_memory_fraction", 0.9)),  # type: ignore[arg-type]
-                   max_batched_tokens=cfg.max_batched_tokens, max_num_seqs=cfg.max_num_seqs)
+                   max_batched_tokens=cfg.max_batched_tokens, max_num_seqs=cfg.max_num_seqs,
+                   decode_context_memory=_opt_int(extra.get("decode_context_memory")))
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -205,9 +213,24 @@ class TorchRunner(ModelRunner):
                 return step
         step = self._pack(batch)
         step.meta = StepMetadata.build(step.spans, bs, self.device, self.dtype)
+        self._keep_decode_contexts(step.meta)
         step.position_ids = torch.tensor(step.positions, dtype=torch.long, device=self.device)
         self._decode_ref = DecodeReference.of(batch, step)
         return step
+
+    def _keep_decode_contexts(self, meta: StepMetadata) -> None:
+        """Give decode groups a ``DecodeContext`` while their K/V, over every layer, fit ``decode_context_memory``
+        (the buffers live as long as steady-decode reuse carries the step)."""
+        assert self.cache is not None
+        layout = self.cache.layout
+        per_token = layout.bytes_per_block // layout.block_size  # K and V of every layer
+        left = self.decode_context_memory
+        for group in meta.decodes:
+            need = (group.row_end - group.row_start) * group.blocks.shape[1] * layout.block_size * per_token
+            if need > left:
+                break
+            group.context = DecodeContext()
+            left -= need
 
     def _pack(self, batch: StepBatch) -> PackedStep:
         assert self.cache is not None
@@ -314,6 +337,9 @@ class TorchRunner(ModelRunner):
             self.small_step_s = took if self.small_step_s is None else 0.8 * self.small_step_s + 0.2 * took
         return out
 
+    def on_idle(self) -> None:
+        self._decode_ref = None  # nothing to continue; frees the kept decode contexts
+
     def release(self, request_id: str) -> None:
         self.sampler.release(request_id)
 
@@ -323,6 +349,7 @@ class TorchRunner(ModelRunner):
                                    "kernel": self.kernel.name if self.kernel else None, **self.kernel_report}
         if self.cache is not None:
             info.update(kv_blocks=self.cache.num_blocks, block_size=self.cache.layout.block_size,
+                        decode_context_memory=self.decode_context_memory,
                         kv_cache_bytes=self.cache.nbytes)
         if self.host_cache is not None:
             info.update(host_kv_blocks=self.host_cache.num_slots, host_kv_bytes=self.host_cache.nbytes)
@@ -330,3 +357,7 @@ class TorchRunner(ModelRunner):
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]

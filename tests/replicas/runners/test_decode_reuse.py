@@ -63,7 +63,9 @@ def test_advanced_step_equals_a_fresh_pack_until_a_block_boundary(runner: TorchR
         for g, h in zip(step.meta.decodes, want.decodes, strict=True):
             assert (g.row_start, g.row_end) == (h.row_start, h.row_end)
             assert torch.equal(g.ctx_lens, h.ctx_lens) and torch.equal(g.blocks, h.blocks)
+        # The reused step attends over the K/V its group kept (``DecodeContext``), the fresh one gathers them.
         torch.testing.assert_close(runner.forward_logits(step), runner.forward_logits(fresh))
+        assert all(set(g.context.keys) == {0, 1} for g in step.meta.decodes)
     # "a" now writes position 32: the first slot of its third block. That step is packed afresh.
     reqs[0].block_ids.append(7)
     _advance(reqs)
@@ -85,3 +87,23 @@ def test_a_changed_batch_is_packed_afresh(runner: TorchRunner) -> None:
     assert runner.reused_steps == before + 1
     runner.pack(_batch(reqs[:1]))  # not advanced (the step's tokens were never processed): afresh
     assert runner.reused_steps == before + 1
+
+
+def test_decode_contexts_are_kept_within_their_memory_budget(tiny_model_dir: Path) -> None:
+    small = TorchRunner(str(tiny_model_dir), kv_blocks=64, decode_context_memory=0)
+    small.kv_capacity_blocks(BS)
+    reqs = [_decoding("a", 15, 5, [1, 2]), _decoding("b", 30, 5, [3, 4, 5])]
+    step = small.pack(_batch(reqs))
+    assert [g.context for g in step.meta.decodes] == [None]
+    layout = small.cache.layout
+    # One group of 2 rows x 3 blocks: exactly its bytes fit; a byte less does not.
+    need = 2 * 3 * layout.bytes_per_block
+    for budget, kept in ((need, True), (need - 1, False)):
+        small.decode_context_memory, small._decode_ref = budget, None
+        step = small.pack(_batch(reqs))
+        assert (step.meta.decodes[0].context is not None) is kept
+        small.forward_logits(step)
+    assert small.describe()["decode_context_memory"] == need - 1
+    small.on_idle()  # the engine has nothing to run: the reference and its buffers go
+    assert small._decode_ref is None
+    small.close()
