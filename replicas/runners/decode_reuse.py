@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 from replicas.runners.step_metadata import DecodeGroup, SeqSpan, StepMetadata
 
 if TYPE_CHECKING:
@@ -72,4 +74,13 @@ def _advanced(meta: StepMetadata | None) -> StepMetadata:
     # No row starts a new block, so each slot is the next one of the same block and no table widens.
     # Each group's kept K/V (``DecodeContext``) goes along: the same rows over the same tables, one token further.
     out.decodes = [DecodeGroup(g.row_start, g.row_end, g.blocks, g.ctx_lens + 1, g.context) for g in meta.decodes]
+    # So do the full-context masks, each row opening the one position it now attends to (in place: the previous
+    # step has run). A sliding-window mask would also close a position; it is rebuilt instead.
+    for key, mask in meta._masks.items():
+        kind, index, window = key
+        if kind == "decode" and window is None:
+            group = out.decodes[index]
+            with torch.inference_mode():  # the forward pass made it, as an inference tensor
+                mask.view(-1).index_fill_(0, group.context_slots(mask.shape[-1]), 0.0)
+            out._masks[key] = mask
     return out

@@ -35,9 +35,9 @@ class Sampler:
             raise ValueError(f"{logits.shape[0]} logit rows for {len(params)} sampling requests")
         if not params:
             return []
-        greedy = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
-            return greedy.tolist()
+            return _argmax(logits)
+        greedy = logits.argmax(dim=-1)
         dev = logits.device
         logits = logits.float()
         temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=dev)
@@ -54,6 +54,14 @@ class Sampler:
         drawn = (probs / noise).argmax(dim=-1)
         is_greedy = torch.tensor([p.greedy for p in params], device=dev)
         return torch.where(is_greedy, greedy, drawn).tolist()
+
+
+def _argmax(logits: torch.Tensor) -> list[int]:
+    """Each row's first maximal index. On a CPU through numpy: torch's argmax over a small batch costs ~16 us
+    (32 x 512 floats) where numpy's costs ~3; same result, ties and NaN included (the first one wins)."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64, torch.float16):
+        return logits.detach().numpy().argmax(axis=-1).tolist()
+    return logits.argmax(dim=-1).tolist()
 
 
 def _truncate(scaled: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

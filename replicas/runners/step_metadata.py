@@ -113,7 +113,7 @@ class StepMetadata:
     decodes: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillSegment] = field(default_factory=list)
     scratch: dict[object, object] = field(default_factory=dict)  # per-step state of the chosen kernel
-    _masks: dict[tuple[str, int | None], torch.Tensor] = field(default_factory=dict)
+    _masks: dict[tuple[str, int, int | None], torch.Tensor] = field(default_factory=dict)  # (kind, index, window)
     _varlen: VarlenView | None = None
 
     @classmethod
@@ -171,7 +171,7 @@ class StepMetadata:
     def decode_mask(self, group: int, window: int | None) -> torch.Tensor:
         """``[rows, 1, 1, max_ctx]`` additive mask (0 or -inf), 0 where a decode of ``group`` attends (its context, within
         ``window``)."""
-        key = (f"decode{group}", window)
+        key = ("decode", group, window)
         if key not in self._masks:
             g = self.decodes[group]
             ar = torch.arange(g.blocks.shape[1] * self.block_size, device=self.device)[None, :]
@@ -190,7 +190,7 @@ class StepMetadata:
         seg = self.prefills[index]
         if seg.start == 0 and (window is None or window >= seg.q_len):
             return None
-        key = (f"prefill{index}", window)
+        key = ("prefill", index, window)
         if key not in self._masks:
             width = seg.blocks.shape[0] * self.block_size if seg.blocks is not None else seg.ctx_len
             if window is None:

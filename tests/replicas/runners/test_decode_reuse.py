@@ -47,6 +47,7 @@ def test_advanced_step_equals_a_fresh_pack_until_a_block_boundary(runner: TorchR
     runner._decode_ref = None
     runner.pack(_batch(reqs))
     reused = runner.reused_steps
+    masks = []
     for i in range(12):
         _advance(reqs)
         step = runner.pack(_batch(reqs))
@@ -66,6 +67,10 @@ def test_advanced_step_equals_a_fresh_pack_until_a_block_boundary(runner: TorchR
         # The reused step attends over the K/V its group kept (``DecodeContext``), the fresh one gathers them.
         torch.testing.assert_close(runner.forward_logits(step), runner.forward_logits(fresh))
         assert all(set(g.context.keys) == {0, 1} for g in step.meta.decodes)
+        # Its mask was carried from the previous step (one position opened per row), not built.
+        assert torch.equal(step.meta.decode_mask(0, None), want.decode_mask(0, None))
+        masks.append(step.meta.decode_mask(0, None))
+    assert all(m is masks[0] for m in masks)
     # "a" now writes position 32: the first slot of its third block. That step is packed afresh.
     reqs[0].block_ids.append(7)
     _advance(reqs)

@@ -87,3 +87,12 @@ def test_release_forgets_the_generator() -> None:
     sampler.release("r")
     b = [sampler.sample(logits, params, ["r"])[0] for _ in range(6)]
     assert a == b  # a new request with the same id and seed starts the same stream again
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_all_greedy_rows_take_the_first_maximum_as_torch_does(dtype: torch.dtype) -> None:
+    # Ties and NaN: the all-greedy path (numpy on a CPU where it can) must pick what torch.argmax picks.
+    logits = torch.tensor([[0.0, 3.0, 3.0, 1.0], [2.0, float("nan"), 5.0, float("nan")], [-1.0, -1.0, -1.0, -1.0],
+                           [1.0, 2.0, 3.0, 4.0]], dtype=dtype)
+    got = Sampler("cpu").sample(logits, [SamplingParams(temperature=0.0)] * 4, ["a", "b", "c", "d"])
+    assert got == logits.argmax(dim=-1).tolist() == [1, 1, 0, 3]
