@@ -3,7 +3,9 @@
 Contract (beyond ``ModelRunner``): the model runs with our paged attention (``attn_implementation=
 "foresight_paged"``) and HF's own cache off; a step's tokens are packed as batch 1 (decodes first, longest
 context first, then multi-token chunks), with explicit position ids and no padding; logits are computed only
-for the rows that sample; sampling happens on the device. Steps never overlap. A step runs in one worker thread,
+for the rows that sample; sampling happens on the device. The forward walks the model's own modules
+(``layerwise``) when, checked at start, that gives exactly the logits of the model's forward, which it skips the
+wrappers of; otherwise it calls the model. Steps never overlap. A step runs in one worker thread,
 so the event loop stays free, except a small and fast step on the CPU (at most ``inline_max_tokens`` new tokens,
 i.e. a decode step, while such steps take under ``inline_max_step_s``): that one runs on the event loop after
 yielding once, because on a CPU the forward pass is Python that needs the GIL, and handing it to a thread only
@@ -27,6 +29,7 @@ from replicas.runners.base import ModelRunner, StepBatch
 from replicas.runners.decode_reuse import DecodeReference
 from replicas.runners.kernel_choice import choose_kernel
 from replicas.runners.kv_cache import HostKVCache, KVLayout, PagedKVCache
+from replicas.runners.layerwise import LayerwiseForward, matches
 from replicas.runners.paged_attention import ATTN_NAME, STEP_KWARG, PagedStep
 from replicas.runners.sampling import Sampler
 from replicas.runners.step_metadata import DecodeContext, SeqSpan, StepMetadata
@@ -81,7 +84,7 @@ class TorchRunner(ModelRunner):
                  kv_blocks: int | None = None, kv_cache_memory: int | None = None, host_kv_memory: int = 0,
                  gpu_memory_fraction: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256,
                  inline_max_tokens: int | None = None, inline_max_step_s: float = 0.02,
-                 decode_context_memory: int | None = None) -> None:
+                 decode_context_memory: int | None = None, layerwise: bool = True) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model_path = str(model_path)
@@ -114,6 +117,8 @@ class TorchRunner(ModelRunner):
         self.decode_context_memory = (decode_context_memory if decode_context_memory is not None
                                       else (DEFAULT_DECODE_CONTEXT_MEMORY if self.device.type == "cpu" else 0))
         self.reused_steps = 0  # steps packed by advancing the previous one
+        self.layerwise = layerwise  # may the forward skip the model's wrappers (``layerwise``), once checked
+        self._layerwise: LayerwiseForward | None = None
 
     @classmethod
     def from_config(cls, cfg: ReplicaConfig) -> TorchRunner:
@@ -143,10 +148,20 @@ class TorchRunner(ModelRunner):
             raise ValueError(f"no KV block fits ({layout.bytes_per_block} bytes each): raise the KV memory")
         self.cache = PagedKVCache(layout, num_blocks, self.device)
         self.kernel, self.kernel_report = choose_kernel(self, self.attention_kernel)
+        self._choose_forward(block_size)
         self.run_step(self.synthetic_step([2 * block_size], [block_size + 1]))  # warm-up: first real step is not slow
         log.info("torch runner: %s on %s (%s), kernel %s, %d KV blocks (%.1f MiB)", self.model_path, self.device,
                  self.dtype, self.kernel.name, num_blocks, self.cache.nbytes / 2**20)
         return num_blocks
+
+    def _choose_forward(self, block_size: int) -> None:
+        """Run the model layer by layer when that is bit-identical to its own forward on a mixed step."""
+        lw = LayerwiseForward.of(self.model) if self.layerwise else None
+        if lw is not None:
+            step = self.synthetic_step([block_size + 3, 5], [block_size + 2])
+            if matches(lambda: self._forward(step, None), lambda: self._forward(step, lw)):
+                self._layerwise = lw
+        log.info("torch runner: %s forward", "layer-by-layer" if self._layerwise else "the model's own")
 
     def host_kv_capacity_blocks(self, block_size: int) -> int:
         assert self.cache is not None, "kv_capacity_blocks must be called first"
@@ -279,6 +294,9 @@ class TorchRunner(ModelRunner):
 
     def forward_logits(self, step: PackedStep) -> torch.Tensor:
         """One packed forward pass (writes the step's K/V into the cache) -> logits ``[sampling rows, vocab]``."""
+        return self._forward(step, self._layerwise)
+
+    def _forward(self, step: PackedStep, layerwise: LayerwiseForward | None) -> torch.Tensor:
         assert self.cache is not None and self.kernel is not None
         dev = self.device
         meta = step.meta or StepMetadata.build(step.spans, self.cache.layout.block_size, dev, self.dtype)
@@ -287,13 +305,12 @@ class TorchRunner(ModelRunner):
         # Every row samples (a decode step): transformers' 0 means all rows, with no index tensor to build and apply.
         keep: int | torch.Tensor = (0 if len(step.keep_rows) == len(step.token_ids)
                                     else torch.tensor(step.keep_rows, dtype=torch.long, device=dev))
+        ids = torch.tensor(step.token_ids, dtype=torch.long, device=dev)[None]
+        paged = {STEP_KWARG: PagedStep(meta, self.cache, self.kernel)}
         with torch.inference_mode():
-            out = self.model(
-                input_ids=torch.tensor(step.token_ids, dtype=torch.long, device=dev)[None],
-                position_ids=positions[None],
-                logits_to_keep=keep,
-                use_cache=False, **{STEP_KWARG: PagedStep(meta, self.cache, self.kernel)},
-            )
+            if layerwise is not None:
+                return layerwise(ids, positions[None], keep, **paged)[0]
+            out = self.model(input_ids=ids, position_ids=positions[None], logits_to_keep=keep, use_cache=False, **paged)
         return out.logits[0]
 
     def run_step(self, step: PackedStep) -> list[int | None]:
@@ -350,6 +367,7 @@ class TorchRunner(ModelRunner):
         if self.cache is not None:
             info.update(kv_blocks=self.cache.num_blocks, block_size=self.cache.layout.block_size,
                         decode_context_memory=self.decode_context_memory,
+                        forward="layerwise" if self._layerwise is not None else "transformers",
                         kv_cache_bytes=self.cache.nbytes)
         if self.host_cache is not None:
             info.update(host_kv_blocks=self.host_cache.num_slots, host_kv_bytes=self.host_cache.nbytes)

@@ -210,8 +210,16 @@ def test_bad_device_dtype_and_kernel(tiny_model_dir: Path) -> None:
 
 
 def _tiny_variant(base: Path, out: Path, kind: str) -> Path:
-    """A random-weight Mistral (sliding window) or Qwen3 (q/k norms) sharing the tiny tokenizer."""
-    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    """A random-weight Mistral (sliding window), Qwen2 (sliding window on its upper layers) or Qwen3 (q/k norms)
+    sharing the tiny tokenizer."""
+    from transformers import (
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -219,6 +227,8 @@ def _tiny_variant(base: Path, out: Path, kind: str) -> Path:
     torch.manual_seed(1)
     if kind == "mistral":
         model = MistralForCausalLM(MistralConfig(**common, sliding_window=8))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=1))
     else:
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16))
     model.save_pretrained(out)
@@ -228,13 +238,14 @@ def _tiny_variant(base: Path, out: Path, kind: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kind", ["mistral", "qwen3"])
+@pytest.mark.parametrize("kind", ["mistral", "qwen2", "qwen3"])
 def test_other_architectures_decode_like_generate(tiny_model_dir: Path, tmp_path: Path, kind: str) -> None:
     from transformers import AutoModelForCausalLM
 
     folder = _tiny_variant(tiny_model_dir, tmp_path / kind, kind)
     r = TorchRunner(str(folder), kv_blocks=16)
     r.kv_capacity_blocks(BS)
+    assert r.describe()["forward"] == "layerwise"  # checked identical to the model's own forward at start
     prompt = torch.randint(3, 500, (19,), generator=torch.Generator().manual_seed(5)).tolist()
     req = _request("x", prompt, [4, 9, 1])
     for _ in range(12):  # prefill in two chunks, then decode token by token
