@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sequential-requests", type=int, default=8, help="prompts timed one at a time")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per contender (best kept)")
     p.add_argument("--ttft-prompt-tokens", type=int, default=2000, help="capped by the context length")
-    p.add_argument("--ttft-trials", type=int, default=3)
+    p.add_argument("--ttft-trials", type=int, default=9, help="median over this many (each ~10 ms: noisy alone)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for every contender")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")

@@ -110,6 +110,28 @@ def test_flex_kernel_agrees_with_sdpa(runner: TorchRunner) -> None:
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("start", [16, 19])  # earlier context ending at a block boundary, and inside a block
+def test_chunk_after_context_merges_two_attentions_like_one_masked_call(runner: TorchRunner, start: int,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from replicas.runners.attn_kernels import SdpaKernel
+
+    prompt = torch.randint(3, 500, (start + 30,), generator=torch.Generator().manual_seed(start)).tolist()
+    req = _request(f"ctx{start}", prompt, [9, 2, 14, 6])  # scrambled
+    runner.execute_sync(StepBatch([ScheduledChunk(req, start, False)]))
+    req.num_computed_tokens = start
+    step = runner.pack(StepBatch([ScheduledChunk(req, 30, True)]))
+    calls = []
+    merged = SdpaKernel._context_then_causal
+    monkeypatch.setattr(SdpaKernel, "_context_then_causal", lambda *a: calls.append(1) or merged(*a))
+    kernel = SdpaKernel()
+    monkeypatch.setattr(runner, "kernel", kernel)
+    got = runner.forward_logits(step)
+    assert len(calls) == 2  # one per layer
+    kernel._lse = None  # the masked single call
+    torch.testing.assert_close(got, runner.forward_logits(step), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2
+
+
 def test_block_table_must_cover_the_step(runner: TorchRunner) -> None:
     short = _request("short", list(range(3, 40)), [1])
     with pytest.raises(ValueError, match="does not cover"):
