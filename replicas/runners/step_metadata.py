@@ -40,7 +40,8 @@ class SeqSpan:
 @dataclass
 class DecodeContext:
     """A decode group's K/V gathered from the cache (``[rows, max_blocks * block_size, kv_heads, head_dim]`` per
-    layer), kept from step to step while steady-decode reuse carries the group (same rows, same block tables).
+    layer), kept from step to step while steady-decode reuse carries the group (same rows, same table width; a
+    table only gains the block a row starts, where a masked padding block stood).
 
     Invariant: before a step, each row's entries below its previous context length equal the cache's; the step
     writes its one new token per row at ``ctx_len - 1`` (in the cache and here), so attending over the buffer

@@ -9,7 +9,8 @@ import torch
 
 from replicas.engine.request import Request, SamplingParams
 from replicas.runners.base import ScheduledChunk, StepBatch
-from replicas.runners.torch_runner import TorchRunner
+from replicas.runners.step_metadata import StepMetadata
+from replicas.runners.torch_runner import PackedStep, TorchRunner
 
 BS = 16
 
@@ -41,8 +42,28 @@ def _advance(reqs: list[Request], token: int = 11) -> None:
         r.output_token_ids.append(token)
 
 
-def test_advanced_step_equals_a_fresh_pack_until_a_block_boundary(runner: TorchRunner) -> None:
-    # They write positions 19, 34 and 1 first; "a" reaches a new block (position 32) at the 13th step after.
+def _same_as_fresh(runner: TorchRunner, step: PackedStep, reqs: list[Request]) -> None:
+    """``step`` (reused) packs, attends and scores like a fresh pack of the same batch."""
+    fresh = TorchRunner._pack(runner, _batch(reqs))
+    assert step.token_ids == fresh.token_ids and step.sample_chunks == fresh.sample_chunks
+    assert step.position_ids.tolist() == fresh.positions
+    assert [(s.start, s.num_new, s.block_ids) for s in step.spans] == [
+        (s.start, s.num_new, s.block_ids) for s in fresh.spans]
+    want = StepMetadata.build(fresh.spans, BS, runner.device, runner.dtype)
+    assert torch.equal(step.meta.slot_mapping, want.slot_mapping)
+    for g, h in zip(step.meta.decodes, want.decodes, strict=True):
+        assert (g.row_start, g.row_end) == (h.row_start, h.row_end)
+        assert torch.equal(g.ctx_lens, h.ctx_lens) and torch.equal(g.blocks, h.blocks)
+    # The reused step attends over the K/V its groups kept (``DecodeContext``), the fresh one gathers them.
+    torch.testing.assert_close(runner.forward_logits(step), runner.forward_logits(fresh))
+    assert all(set(g.context.keys) == {0, 1} for g in step.meta.decodes)
+    # Its masks were carried from the previous step (one position opened per row), not built.
+    for g in range(len(want.decodes)):
+        assert torch.equal(step.meta.decode_mask(g, None), want.decode_mask(g, None))
+
+
+def test_advanced_step_equals_a_fresh_pack_until_a_table_would_widen(runner: TorchRunner) -> None:
+    # They write positions 19, 34 and 1 first, in two decode groups: [b, a] over 3 blocks, [c] over 1.
     reqs = [_decoding("a", 15, 5, [1, 2]), _decoding("b", 30, 5, [3, 4, 5]), _decoding("c", 1, 1, [6])]
     runner._decode_ref = None
     runner.pack(_batch(reqs))
@@ -52,31 +73,26 @@ def test_advanced_step_equals_a_fresh_pack_until_a_block_boundary(runner: TorchR
         _advance(reqs)
         step = runner.pack(_batch(reqs))
         assert runner.reused_steps == reused + i + 1
-        fresh = TorchRunner._pack(runner, _batch(reqs))
-        assert step.token_ids == fresh.token_ids and step.sample_chunks == fresh.sample_chunks
-        assert step.position_ids.tolist() == fresh.positions
-        assert [(s.start, s.num_new, s.block_ids) for s in step.spans] == [
-            (s.start, s.num_new, s.block_ids) for s in fresh.spans]
-        from replicas.runners.step_metadata import StepMetadata
-
-        want = StepMetadata.build(fresh.spans, BS, runner.device, runner.dtype)
-        assert torch.equal(step.meta.slot_mapping, want.slot_mapping)
-        for g, h in zip(step.meta.decodes, want.decodes, strict=True):
-            assert (g.row_start, g.row_end) == (h.row_start, h.row_end)
-            assert torch.equal(g.ctx_lens, h.ctx_lens) and torch.equal(g.blocks, h.blocks)
-        # The reused step attends over the K/V its group kept (``DecodeContext``), the fresh one gathers them.
-        torch.testing.assert_close(runner.forward_logits(step), runner.forward_logits(fresh))
-        assert all(set(g.context.keys) == {0, 1} for g in step.meta.decodes)
-        # Its mask was carried from the previous step (one position opened per row), not built.
-        assert torch.equal(step.meta.decode_mask(0, None), want.decode_mask(0, None))
+        _same_as_fresh(runner, step, reqs)
         masks.append(step.meta.decode_mask(0, None))
     assert all(m is masks[0] for m in masks)
-    # "a" now writes position 32: the first slot of its third block. That step is packed afresh.
+    # "a" now writes position 32, the first slot of its third block, inside its group's padded width: reused.
     reqs[0].block_ids.append(7)
     _advance(reqs)
-    before = runner.reused_steps
     step = runner.pack(_batch(reqs))
-    assert runner.reused_steps == before and step.spans[1].block_ids == [1, 2, 7]
+    assert runner.reused_steps == reused + 13 and step.spans[1].block_ids == [1, 2, 7]
+    assert step.meta.decodes[0].blocks.tolist() == [[3, 4, 5], [1, 2, 7]]
+    _same_as_fresh(runner, step, reqs)
+    # "b" now writes position 48, a fourth block its group's 3-block tables do not hold: packed afresh.
+    reqs[1].block_ids.append(8)
+    _advance(reqs)
+    step = runner.pack(_batch(reqs))
+    assert runner.reused_steps == reused + 13 and step.spans[0].block_ids == [3, 4, 5, 8]
+    # "c" now writes position 16, but no block was added for it: not reused, and the fresh pack refuses the step.
+    _advance(reqs)
+    with pytest.raises(ValueError, match="does not cover"):
+        runner.pack(_batch(reqs))
+    assert runner.reused_steps == reused + 13
 
 
 def test_a_changed_batch_is_packed_afresh(runner: TorchRunner) -> None:
