@@ -234,18 +234,17 @@ class TorchRunner(ModelRunner):
         return step
 
     def _keep_decode_contexts(self, meta: StepMetadata) -> None:
-        """Give decode groups a ``DecodeContext`` while their K/V, over every layer, fit ``decode_context_memory``
-        (the buffers live as long as steady-decode reuse carries the step)."""
+        """Give each decode group a ``DecodeContext`` if its K/V, over every layer, fit in what is left of
+        ``decode_context_memory`` (the buffers live as long as steady-decode reuse carries the step)."""
         assert self.cache is not None
         layout = self.cache.layout
         per_token = layout.bytes_per_block // layout.block_size  # K and V of every layer
         left = self.decode_context_memory
         for group in meta.decodes:
             need = (group.row_end - group.row_start) * group.blocks.shape[1] * layout.block_size * per_token
-            if need > left:
-                break
-            group.context = DecodeContext()
-            left -= need
+            if need <= left:
+                group.context = DecodeContext()
+                left -= need
 
     def _pack(self, batch: StepBatch) -> PackedStep:
         assert self.cache is not None

@@ -125,6 +125,10 @@ def test_decode_contexts_are_kept_within_their_memory_budget(tiny_model_dir: Pat
         assert (step.meta.decodes[0].context is not None) is kept
         small.forward_logits(step)
     assert small.describe()["decode_context_memory"] == need - 1
+    # Groups are judged one by one: a small group still fits after a big one did not.
+    small.decode_context_memory, small._decode_ref = layout.bytes_per_block, None
+    step = small.pack(_batch([*reqs, _decoding("c", 1, 1, [6])]))
+    assert [g.context is not None for g in step.meta.decodes] == [False, True]
     small.on_idle()  # the engine has nothing to run: the reference and its buffers go
     assert small._decode_ref is None
     small.close()
