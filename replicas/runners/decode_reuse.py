@@ -31,6 +31,7 @@ class DecodeReference:
     requests: list[Request]
     ends: list[int]
     step: PackedStep
+    block_starts: int = 0  # requests that started a KV block in the last step ``advance`` made
 
     @classmethod
     def of(cls, batch: StepBatch, step: PackedStep) -> DecodeReference | None:
@@ -66,7 +67,7 @@ class DecodeReference:
                           spans=meta.spans, keep_rows=prev.keep_rows, sample_chunks=order, params=prev.params,
                           request_ids=prev.request_ids, meta=meta, position_ids=prev.position_ids + 1)
         self.ends = [e + 1 for e in self.ends]
-        self.step = step
+        self.step, self.block_starts = step, len(starts)
         return step
 
 

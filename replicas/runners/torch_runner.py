@@ -117,6 +117,7 @@ class TorchRunner(ModelRunner):
         self.decode_context_memory = (decode_context_memory if decode_context_memory is not None
                                       else (DEFAULT_DECODE_CONTEXT_MEMORY if self.device.type == "cpu" else 0))
         self.reused_steps = 0  # steps packed by advancing the previous one
+        self.reused_block_starts = 0  # requests that started a KV block in those steps
         self.layerwise = layerwise  # may the forward skip the model's wrappers (``layerwise``), once checked
         self._layerwise: LayerwiseForward | None = None
 
@@ -225,6 +226,7 @@ class TorchRunner(ModelRunner):
             step = self._decode_ref.advance(batch, bs)
             if step is not None:
                 self.reused_steps += 1
+                self.reused_block_starts += self._decode_ref.block_starts
                 return step
         step = self._pack(batch)
         step.meta = StepMetadata.build(step.spans, bs, self.device, self.dtype)

@@ -81,6 +81,7 @@ def test_advanced_step_equals_a_fresh_pack_until_a_table_would_widen(runner: Tor
     _advance(reqs)
     step = runner.pack(_batch(reqs))
     assert runner.reused_steps == reused + 13 and step.spans[1].block_ids == [1, 2, 7]
+    assert runner._decode_ref.block_starts == 1
     assert step.meta.decodes[0].blocks.tolist() == [[3, 4, 5], [1, 2, 7]]
     _same_as_fresh(runner, step, reqs)
     # "b" now writes position 48, a fourth block its group's 3-block tables do not hold: packed afresh.

@@ -127,6 +127,7 @@ async def test_continuous_batching_is_token_identical_to_generate(tiny_model_dir
     assert any(len(p) > cfg.max_batched_tokens for p in prompts), "no prompt needed chunked prefill"
     assert sum(1 for n in cached.values() if n > 0) >= 4, "the shared prefixes were never served from the cache"
     assert runner.reused_steps > 0, "no steady decode step reused the previous packing"
+    assert runner.reused_block_starts > 0, "no reused step had a request start a KV block"
 
 
 @pytest.mark.slow
