@@ -8,6 +8,7 @@ that crosses process boundaries is the last 8 bytes of the digest, read big-endi
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,3 +58,44 @@ def block_ids(
 ) -> list[int]:
     """64-bit ids of every full block of ``tokens``."""
     return [block_id(d) for d in chain_hashes(tokens, block_size, seed, extra)]
+
+
+class BlockHashMemo:
+    """Block digests by ``(parent digest, block tokens)``, the least recently used dropped past ``capacity``.
+
+    ``chain`` returns exactly what ``chain_hashes`` returns for the same tokens, seed and extra; a block seen
+    recently under the same parent (the next turn of a conversation, a shared system prompt, a retry) costs a
+    dict lookup instead of a CBOR encoding and a SHA-256 (~0.6 us against ~3 us a block)."""
+
+    def __init__(self, capacity: int, seed: Any = DEFAULT_HASH_SEED, extra: Any = None) -> None:
+        self.capacity = capacity
+        self.root = root_hash(seed)
+        self.extra = extra
+        self._digests: OrderedDict[tuple[bytes, tuple[int, ...]], bytes] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def chain(self, tokens: Sequence[int], block_size: int, parent: bytes | None = None,
+              start_block: int = 0) -> list[bytes]:
+        """Digests of the full blocks of ``tokens`` from ``start_block`` on, chained from ``parent`` (the digest
+        of block ``start_block - 1``; None for the root), as ``chain_hashes``."""
+        memo = self._digests
+        prev = parent if parent is not None else self.root
+        out: list[bytes] = []
+        for i in range(start_block, len(tokens) // block_size):
+            block = tuple(tokens[i * block_size : (i + 1) * block_size])
+            key = (prev, block)
+            digest = memo.get(key)
+            if digest is None:
+                self.misses += 1
+                digest = memo[key] = sha256_cbor([prev, block, self.extra])  # a tuple encodes as the list does
+                if len(memo) > self.capacity:
+                    memo.popitem(last=False)
+            else:
+                self.hits += 1
+                memo.move_to_end(key)
+            out.append(digest)
+            prev = digest
+        return out

@@ -4,7 +4,8 @@ The gateway tokenizes the rendered prompt exactly as the replicas do (``tokenize
 ``tokenizer.json``, no special tokens added; the rendered chat text uses the same ChatML markers as the replicas'
 template for ChatML models) and hashes full blocks with ``foresight.hashing`` (same block size and seed as the
 replicas), so the ids compare directly with the ids in the replicas' KV events. Tokenizing a long prompt takes
-milliseconds; results are memoised per prompt text (a bounded LRU), since retries and repeated prompts are common.
+milliseconds; results are memoised per prompt text (a bounded LRU), since retries and repeated prompts are common,
+and block digests per block (``BlockHashMemo``), since a conversation's next turn repeats its earlier blocks.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from foresight.hashing import block_ids
+from foresight.hashing import BlockHashMemo, block_id
 
 
 class PromptBlocks:
-    def __init__(self, tokenizer: str, block_size: int, seed: str, cache_size: int = 1024) -> None:
+    def __init__(self, tokenizer: str, block_size: int, seed: str, cache_size: int = 1024,
+                 block_memo_size: int = 1 << 16) -> None:
         from tokenizers import Tokenizer
 
         path = Path(tokenizer)
@@ -25,6 +27,8 @@ class PromptBlocks:
         self.seed = seed
         self.cache_size = cache_size
         self._memo: OrderedDict[str, tuple[int, list[int]]] = OrderedDict()
+        # Per block too: the next turn of a conversation repeats the previous prompt's blocks.
+        self.hash_memo = BlockHashMemo(block_memo_size, seed)
 
     def tokens_and_ids(self, text: str) -> tuple[int, list[int]]:
         """``(prompt token count, block ids of its full blocks)``."""
@@ -33,7 +37,7 @@ class PromptBlocks:
             self._memo.move_to_end(text)
             return hit
         tokens = self.tokenizer.encode(text, add_special_tokens=False).ids
-        out = (len(tokens), block_ids(tokens, self.block_size, self.seed))
+        out = (len(tokens), [block_id(d) for d in self.hash_memo.chain(tokens, self.block_size)])
         self._memo[text] = out
         if len(self._memo) > self.cache_size:
             self._memo.popitem(last=False)

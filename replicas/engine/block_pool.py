@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from foresight.hashing import DEFAULT_HASH_SEED, block_id, chain_hashes
+from foresight.hashing import DEFAULT_HASH_SEED, BlockHashMemo, block_id
 from replicas.engine.host_tier import HostTier, Transfers
 from replicas.engine.kv_events import BlockRemoved, BlockStored, KVEvent
 from replicas.engine.request import Request
@@ -88,6 +88,9 @@ class FreeQueue:
         return self.size
 
 
+HASH_MEMO_MAX_BLOCKS = 1 << 16
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -101,6 +104,9 @@ class BlockPool:
         self.block_size = block_size
         self.hash_seed = hash_seed
         self.extra = extra
+        # Digests of the blocks hashed lately, so that a prompt repeating a cached prefix looks its blocks up: as
+        # many as the device and host tiers hold, within a bound on the memo's own memory (~0.4 kB a block).
+        self.hash_memo = BlockHashMemo(min(num_blocks + host_blocks, HASH_MEMO_MAX_BLOCKS), hash_seed, extra)
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_queue = FreeQueue(self.blocks)
         self.cached: dict[bytes, Block] = {}
@@ -143,9 +149,8 @@ class BlockPool:
         n_full = req.num_tokens // self.block_size
         if len(hashes) < n_full:
             tokens = req.all_token_ids
-            hashes.extend(chain_hashes(tokens[: n_full * self.block_size], self.block_size, self.hash_seed,
-                                       self.extra, parent=hashes[-1] if hashes else None,
-                                       start_block=len(hashes)))
+            hashes.extend(self.hash_memo.chain(tokens[: n_full * self.block_size], self.block_size,
+                                               parent=hashes[-1] if hashes else None, start_block=len(hashes)))
         return hashes
 
     # -- allocation ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import cbor2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foresight.hashing import block_id, block_ids, chain_hashes, root_hash
+from foresight.hashing import BlockHashMemo, block_id, block_ids, chain_hashes, root_hash
 
 
 def reference_ids(tokens: list[int], block_size: int, seed: object, extra: object = None) -> list[int]:
@@ -50,3 +50,33 @@ def test_incremental_equals_whole(tokens: list[int], block_size: int) -> None:
     cut = len(whole) // 2
     parent = whole[cut - 1] if cut else None
     assert whole[:cut] + chain_hashes(tokens, block_size, parent=parent, start_block=cut) == whole
+
+
+@given(st.lists(st.integers(0, 70_000), max_size=90), st.sampled_from([1, 4, 16]), st.integers(1, 6))
+def test_memo_chains_exactly_as_the_definition(tokens: list[int], block_size: int, capacity: int) -> None:
+    memo = BlockHashMemo(capacity, seed=3, extra=["lora-a"])
+    want = chain_hashes(tokens, block_size, 3, ["lora-a"])
+    for _ in range(2):  # a cold memo, then a warm one (or one that evicted what it held)
+        assert memo.chain(tokens, block_size) == want
+        assert len(memo) <= capacity
+    # Incrementally, from a parent digest, as a request that grows.
+    half = len(want) // 2
+    assert memo.chain(tokens, block_size, parent=want[half - 1] if half else None, start_block=half) == want[half:]
+
+
+def test_memo_looks_up_a_repeated_prefix() -> None:
+    memo = BlockHashMemo(100)
+    first = list(range(3, 67))  # 4 blocks of 16
+    memo.chain(first, 16)
+    assert (memo.hits, memo.misses) == (0, 4)
+    turn = [*first, *range(100, 132)]  # the next turn: the same 4 blocks, 2 new
+    assert memo.chain(turn, 16) == chain_hashes(turn, 16)
+    assert (memo.hits, memo.misses) == (4, 6)
+    other = [5, *first[1:]]  # another first block: every block differs (chained)
+    memo.chain(other, 16)
+    assert memo.misses == 10
+    small = BlockHashMemo(2)
+    small.chain(turn, 16)
+    assert len(small) == 2  # only the most recent blocks stay
+    small.chain(turn, 16)
+    assert small.hits == 0  # each lookup misses a block the previous misses pushed out

@@ -8,7 +8,7 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foresight.hashing import block_ids
+from foresight.hashing import block_id, block_ids
 from replicas.engine.block_pool import BlockPool
 from replicas.engine.kv_events import BlockRemoved, BlockStored
 from replicas.engine.request import Request, SamplingParams
@@ -61,6 +61,9 @@ def test_prefix_hit_revives_cached_blocks_and_leaves_the_last_token() -> None:
     assert admit(pool, c) == 12
     pool.check_integrity()
     assert pool.blocks[pool.table("c")[0].idx].ref_cnt == 2
+    # b and c found a's blocks by digest without hashing them again (the pool's memo); the digests are the same.
+    assert pool.hash_memo.hits == 3 + 3 and pool.hash_memo.misses == 3
+    assert [block_id(d) for d in pool.request_hashes(c)] == block_ids(list(range(13)), BS)
 
 
 def test_tail_blocks_are_evicted_first_and_reported() -> None:
