@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-blocks", type=int, default=None, help="KV pool size in blocks (default: from memory)")
     p.add_argument("--kv-cache-memory", type=byte_size, default=None, help="KV memory in bytes (e.g. 4G)")
     p.add_argument("--decode-context-memory", type=byte_size, default=None,
-                   help="torch runner: bytes of decode K/V kept gathered across steady decode steps (default 64M "
+                   help="torch runner: bytes of decode K/V kept gathered across steady decode steps (default 64 MiB "
                         "on a CPU, 0 on a GPU)")
     p.add_argument("--host-kv-memory", type=byte_size, default=0,
                    help="host RAM for a second KV tier that keeps prefixes evicted from the device (e.g. 200G; "

@@ -32,3 +32,17 @@ def test_decode_step_tokens_reaches_the_scheduler_and_is_validated() -> None:
     cfg.decode_step_tokens = 0
     with pytest.raises(ValueError, match="decode_step_tokens"):
         cfg.validate()
+
+
+def test_decode_context_memory_reaches_the_torch_runner(tiny_model_dir) -> None:  # noqa: ANN001
+    pytest.importorskip("torch")
+    from replicas.runners.torch_runner import DEFAULT_DECODE_CONTEXT_MEMORY, TorchRunner
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for flags, want in (([], DEFAULT_DECODE_CONTEXT_MEMORY), (["--decode-context-memory", "8M"], 8 * 10**6)):
+        cfg = config_from_args(parser.parse_args(["replica", "--runner", "torch", "--model", str(tiny_model_dir),
+                                                  *flags]))
+        runner = TorchRunner.from_config(cfg)
+        assert runner.decode_context_memory == want
+        runner.close()
