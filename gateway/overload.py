@@ -29,6 +29,13 @@ from foresight.errors import APIError
 from gateway.routing.base import ReplicaView, RequestView
 
 
+def overloaded(what: str, predicted: float, limit: float) -> APIError:
+    """The 503 ``overloaded`` of a request predicted to exceed ``limit`` seconds of ``what``, with a Retry-After
+    of about when that would have ended (at least 1 s)."""
+    return APIError(503, f"the cluster is overloaded (predicted {what} {predicted:.2f}s exceeds {limit:g}s); "
+                         "retry later", code="overloaded", retry_after=max(1.0, math.ceil(predicted - limit)))
+
+
 class OverloadShedder:
     def __init__(self, max_queue_delay: float = 0.05, registry: CollectorRegistry | None = None,
                  default_decode_step_s: float = 0.025, default_prefill_tps: float = 10000.0) -> None:
@@ -96,9 +103,7 @@ class OverloadShedder:
             best = min(w for w, _ in waits)
             if self.shed is not None:
                 self.shed.inc()
-            raise APIError(503, f"the cluster is overloaded (predicted wait {best:.2f}s exceeds "
-                                f"{self.max_queue_delay:g}s); retry later", code="overloaded",
-                           retry_after=max(1.0, math.ceil(best - self.max_queue_delay)))
+            raise overloaded("wait", best, self.max_queue_delay)
         return ok
 
     def gate(self, request: RequestView, candidates: Sequence[ReplicaView], ranks_by_wait: bool) -> list[ReplicaView]:

@@ -61,11 +61,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 from collections.abc import Sequence
 
-from foresight.errors import APIError
+from gateway.overload import overloaded
 from gateway.routing.base import Decision, Outcome, PolicyContext, ReplicaView, RequestView, RoutingPolicy
 from gateway.routing.foresight_state import ReplicaState
 from gateway.routing.prefix_match import PrefixMatcher
@@ -251,9 +250,7 @@ class ForesightPolicy(RoutingPolicy):
         predicted TTFT exceeds ``reject_ttft`` and its predicted wait is at least ``reject_min_wait``."""
         predicted = float(request.scratch.get("predicted_ttft_s", 0.0))
         if 0 < self.reject_ttft < predicted and request.scratch.get("predicted_wait_s", 0.0) >= self.reject_min_wait:
-            raise APIError(503, f"the cluster is overloaded (predicted time to first token {predicted:.2f}s "
-                                f"exceeds {self.reject_ttft:g}s); retry later", code="overloaded",
-                           retry_after=max(1.0, math.ceil(predicted - self.reject_ttft)))
+            raise overloaded("time to first token", predicted, self.reject_ttft)
 
     def on_dispatch(self, request: RequestView, replica_id: str) -> None:
         self.matcher.record(request, replica_id)
