@@ -24,7 +24,6 @@ class PromptBlocks:
         path = Path(tokenizer)
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
         self.block_size = block_size
-        self.seed = seed
         self.cache_size = cache_size
         self._memo: OrderedDict[str, tuple[int, list[int]]] = OrderedDict()
         # Per block too: the next turn of a conversation repeats the previous prompt's blocks.

@@ -102,8 +102,6 @@ class BlockPool:
             raise ValueError("the pool needs at least one block")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.hash_seed = hash_seed
-        self.extra = extra
         # Digests of the blocks hashed lately, so that a prompt repeating a cached prefix looks its blocks up: as
         # many as the device and host tiers hold, within a bound on the memo's own memory (~0.4 kB a block).
         self.hash_memo = BlockHashMemo(min(num_blocks + host_blocks, HASH_MEMO_MAX_BLOCKS), hash_seed, extra)
