@@ -58,7 +58,7 @@ class DecodeReference:
         order = prev.sample_chunks  # packed row -> chunk index (every row samples)
         reqs = [chunks[ci].request for ci in order]
         # The new token sits at position ``end``; ``end % block_size == 0`` starts the block the scheduler added.
-        starts = {row: r.block_ids[end // block_size] for row, (r, end) in
+        starts = {row: (end // block_size, r.block_ids[end // block_size]) for row, (r, end) in
                   enumerate(zip(reqs, (self.ends[ci] for ci in order), strict=True)) if end % block_size == 0}
         meta = _advanced(prev.meta, starts)
         if meta is None:
@@ -71,25 +71,25 @@ class DecodeReference:
         return step
 
 
-def _advanced(meta: StepMetadata | None, starts: dict[int, int]) -> StepMetadata | None:
+def _advanced(meta: StepMetadata | None, starts: dict[int, tuple[int, int]]) -> StepMetadata | None:
     """``meta`` (decodes only) one token later: every position + 1, and each packed row in ``starts`` writing the
-    first slot of the block given there. None when such a block falls outside its group's padded table width."""
+    first slot of a new block (``(index in its table, block)``). None when such a block falls outside its group's
+    padded table width."""
     assert meta is not None and not meta.prefills and meta.slot_mapping is not None
     bs = meta.block_size
     groups = meta.decodes
     tables = {}
-    for row, block in starts.items():
+    for row, (index, block) in starts.items():
         g = next(i for i, grp in enumerate(groups) if grp.row_start <= row < grp.row_end)
-        index = (meta.spans[row].start + 1) // bs
         if index >= groups[g].blocks.shape[1]:
             return None  # the table would widen: pack afresh
         tables.setdefault(g, []).append((row - groups[g].row_start, index, block))
-    spans = [SeqSpan(s.start + 1, 1, s.block_ids if row not in starts else [*s.block_ids, starts[row]])
+    spans = [SeqSpan(s.start + 1, 1, s.block_ids if row not in starts else [*s.block_ids, starts[row][1]])
              for row, s in enumerate(meta.spans)]
     slots = meta.slot_mapping + 1
     if starts:
         rows = torch.tensor(list(starts), dtype=torch.long, device=meta.device)
-        slots[rows] = torch.tensor(list(starts.values()), dtype=torch.long, device=meta.device) * bs
+        slots[rows] = torch.tensor([b for _, b in starts.values()], dtype=torch.long, device=meta.device) * bs
     out = StepMetadata(spans, bs, meta.device, meta.dtype, num_tokens=meta.num_tokens,
                        num_decodes=meta.num_decodes, slot_mapping=slots)
     # A row that starts a block takes it in its padded table, where block 0 stood (masked): the group's width, its
